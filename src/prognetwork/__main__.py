@@ -1,0 +1,3 @@
+from prognetwork.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""`prog`: run, migrate and check the platform."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from prognetwork.kit.settings import SERVICE_PORTS, Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run, migrate and check ProgNetwork.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
+app.add_typer(config_app, name="config")
+out = Console()
+err = Console(stderr=True)
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load_settings(**env: str) -> Settings:
+    if env:
+        os.environ.update(env)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            err.print(f"[bold red]error:[/] {field.upper()}: {e['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _check_service(name: str) -> str:
+    if name not in SERVICE_PORTS:
+        raise fail(f"unknown service '{name}'; choose one of: {', '.join(SERVICE_PORTS)}")
+    return name
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_PORTS)}")],
+    host: Annotated[str, typer.Option(envvar="HOST")] = "0.0.0.0",
+    port: Annotated[Optional[int], typer.Option(envvar="PORT", help="Default: the service's own port")] = None,
+) -> None:
+    """Run one service in this process (what containers run)."""
+    _check_service(service)
+    settings = load_settings()
+    problems = settings.problems([service])
+    if problems:
+        for problem in problems:
+            err.print(f"[bold red]refusing to start ({settings.env}):[/] {problem}", highlight=False)
+        raise typer.Exit(2)
+    from prognetwork.kit.app import configure_logging
+    from prognetwork.kit.server import serve as run_server
+
+    configure_logging(service, settings)
+    module = importlib.import_module(f"prognetwork.{service}.app")
+    run_server(module.create_app(settings), settings, host, port or SERVICE_PORTS[service])
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Bring the database schema up to date (safe to run from several replicas at once)."""
+    from prognetwork.kit import migrations
+
+    settings = load_settings()
+    try:
+        migrations.upgrade(settings.database_dsn, revision)
+    except OSError as exc:
+        raise fail(f"cannot reach PostgreSQL ({exc}); check DATABASE_URL") from None
+    out.print(f"schema at {revision}")
+
+
+@config_app.command("check")
+def config_check(
+    env: Annotated[Optional[str], typer.Option(help="Check as this PROG_ENV")] = None,
+    service: Annotated[Optional[list[str]], typer.Option(help="Only what these services need")] = None,
+) -> None:
+    """Say whether this environment's configuration is fit to run; exit 1 if not."""
+    if env is not None and env not in ("development", "staging", "production"):
+        raise fail(f"unknown environment '{env}'; use development, staging or production")
+    settings = load_settings(**({"PROG_ENV": env} if env else {}))
+    services = [_check_service(s) for s in service] if service else None
+    problems = settings.problems(services)
+    if problems:
+        out.print(f"[bold red]{settings.env}: {len(problems)} problem(s)[/]", highlight=False)
+        for problem in problems:
+            out.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"[bold green]{settings.env}: configuration OK[/]", highlight=False)
+
+
+@app.command()
+def up(
+    services: Annotated[Optional[list[str]], typer.Argument(help="Default: every service")] = None,
+) -> None:
+    """Run the whole platform on this machine, in the foreground; Ctrl-C stops it."""
+    names = [_check_service(s) for s in services] if services else list(SERVICE_PORTS)
+    settings = load_settings()
+    if not settings.is_development:
+        raise fail("`prog up` is for development; unset PROG_ENV or set it to development")
+    from prognetwork.kit import local, migrations
+
+    state = settings.state_dir
+    env = dict(os.environ, PROG_ENV="development", PROG_STATE_DIR=str(state.resolve()))
+    env.setdefault("LOG_FORMAT", "console" if sys.stdout.isatty() else "json")
+    stoppers = []
+    stopping = False
+
+    def on_term(signum, frame):  # SIGTERM to `prog up` means the same as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        if not os.environ.get("DATABASE_URL"):
+            pg = local.start_postgres(state / "postgres")
+            stoppers.append(pg.stop)
+            env["DATABASE_URL"] = pg.url
+            out.print(f"embedded PostgreSQL: data in {state / 'postgres'}")
+        if not os.environ.get("REDIS_URL"):
+            redis = local.start_redis(state / "redis")
+            stoppers.append(redis.stop)
+            env["REDIS_URL"] = redis.url
+            out.print(f"embedded Redis: data in {state / 'redis'}")
+        migrations.upgrade(Settings(DATABASE_URL=env["DATABASE_URL"]).database_dsn)
+        for name in names:
+            children[name] = _spawn(name, env)
+        _wait_ready(names, children)
+        table = Table(title="ProgNetwork is up", show_header=True)
+        table.add_column("service")
+        table.add_column("URL")
+        for name in names:
+            table.add_row(name, f"http://127.0.0.1:{SERVICE_PORTS[name]}")
+        out.print(table)
+        out.print("Ctrl-C stops everything.")
+        _supervise(names, children, env)
+    except KeyboardInterrupt:
+        stopping = True
+    except local.LocalServerError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        _stop_all(children)
+        for stop in reversed(stoppers):
+            stop()
+        if stopping:
+            out.print("stopped.")
+
+
+def _spawn(name: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1"],
+        env=env, start_new_session=True,  # Ctrl-C reaches only `prog up`, which stops children in order
+    )
+
+
+def _wait_ready(names: list[str], children: dict[str, subprocess.Popen]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = set(names)
+    while pending:
+        for name in sorted(pending):
+            if children[name].poll() is not None:
+                raise fail(f"service {name} exited during start-up (status {children[name].returncode}); see its log above")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{SERVICE_PORTS[name]}/readiness", timeout=2):
+                    pending.discard(name)
+            except (urllib.error.URLError, OSError):
+                pass
+        if time.monotonic() > deadline:
+            raise fail(f"not ready after {START_TIMEOUT:.0f}s: {', '.join(sorted(pending))}")
+        time.sleep(0.2)
+
+
+def _supervise(names: list[str], children: dict[str, subprocess.Popen], env: dict[str, str]) -> None:
+    """Restart a service that dies, with backoff; give up if it keeps dying."""
+    restarts: dict[str, list[float]] = {name: [] for name in names}
+    while True:
+        time.sleep(0.5)
+        for name in names:
+            code = children[name].poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            recent = [t for t in restarts[name] if now - t < 60] + [now]
+            restarts[name] = recent
+            if len(recent) > 5:
+                raise fail(f"service {name} keeps exiting (status {code}); stopping the platform")
+            err.print(f"[yellow]service {name} exited with status {code}; restarting[/]")
+            time.sleep(min(8.0, 0.5 * 2 ** len(recent)))
+            children[name] = _spawn(name, env)
+
+
+def _stop_all(children: dict[str, subprocess.Popen]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""PostgreSQL access: one async engine per process, sessions per unit of work."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+# Stable constraint names, so Alembic migrations can refer to them.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """`postgresql://…?sslmode=require` → the asyncpg dialect's spelling."""
+    parts = urlsplit(dsn)
+    query = [("ssl" if k == "sslmode" else k, v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
+
+
+def create_engine(dsn: str, pool_size: int = 10) -> AsyncEngine:
+    # pre_ping: after a database restart, stale pooled connections are replaced, not handed out.
+    return create_async_engine(
+        sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        pool_timeout=5, connect_args={"timeout": 5, "command_timeout": 30},
+    )
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def applied_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()

@@ -1,0 +1,266 @@
+"""The event log: an append-only table of domain events, and durable consumers of it.
+
+Writers call `append()` inside the transaction that makes the change, so an event exists
+if and only if its change committed (transactional outbox). Appends take a transaction-level
+advisory lock before drawing their sequence number, so sequence numbers become visible in
+order: a reader that has seen N can never later see a smaller one. Readers may therefore
+resume from "the last sequence I handled" without gaps.
+
+A `Consumer` keeps its position in `consumer_cursors` and advances it in the same
+transaction as its handler's writes: at-least-once for side effects outside PostgreSQL,
+exactly-once for effects inside it. Handlers must be idempotent by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Gauge
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    String,
+    Table,
+    Uuid,
+    func,
+    insert,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prognetwork.kit.db import Base
+
+CHANNEL = "prog_events"
+APPEND_LOCK_KEY = 0x70726F67  # any constant shared by every writer
+log = structlog.get_logger("prognetwork.events")
+
+events = Table(
+    "events",
+    Base.metadata,
+    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    Column("id", Uuid, nullable=False, unique=True),
+    Column("type", String(200), nullable=False),
+    Column("tenant_id", Uuid, nullable=True),
+    Column("user_id", Uuid, nullable=True),
+    # Private events (one-time tokens, internal commands) are for internal consumers only.
+    Column("private", Boolean, nullable=False, server_default="false"),
+    Column("payload", JSONB, nullable=False),
+    Column("trace_context", String(200), nullable=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_events_type_seq", "type", "seq"),
+    Index("ix_events_user_id_seq", "user_id", "seq"),
+)
+
+consumer_cursors = Table(
+    "consumer_cursors",
+    Base.metadata,
+    Column("name", String(200), primary_key=True),
+    Column("position", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+EVENTS_APPENDED = Counter("events_appended", "Events appended to the event log.", ("type",))
+EVENTS_CONSUMED = Counter("events_consumed", "Events handled by a durable consumer.", ("consumer", "type"))
+CONSUMER_POSITION = Gauge("event_consumer_position", "Last sequence a consumer handled.", ("consumer",))
+CONSUMER_FAILURES = Counter("event_consumer_failures", "Batches a consumer had to retry.", ("consumer",))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    id: uuid.UUID
+    type: str
+    payload: dict[str, Any]
+    user_id: uuid.UUID | None = None
+    tenant_id: uuid.UUID | None = None
+    private: bool = False
+    trace_context: str | None = None
+    occurred_at: datetime | None = None
+
+
+async def append(
+    session: AsyncSession,
+    type: str,
+    payload: dict[str, Any],
+    *,
+    user_id: uuid.UUID | None = None,
+    tenant_id: uuid.UUID | None = None,
+    private: bool = False,
+    trace_context: str | None = None,
+) -> Event:
+    """Append an event in the caller's transaction; call it last, just before commit."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
+    event_id = uuid.uuid4()
+    row = (
+        await session.execute(
+            insert(events)
+            .values(
+                id=event_id, type=type, payload=payload, user_id=user_id, tenant_id=tenant_id,
+                private=private, trace_context=trace_context,
+            )
+            .returning(events.c.seq, events.c.occurred_at)
+        )
+    ).one()
+    # Delivered at commit, and only if the transaction commits.
+    await session.execute(text("SELECT pg_notify(:channel, :seq)"), {"channel": CHANNEL, "seq": str(row.seq)})
+    EVENTS_APPENDED.labels(type).inc()
+    return Event(
+        seq=row.seq, id=event_id, type=type, payload=payload, user_id=user_id, tenant_id=tenant_id,
+        private=private, trace_context=trace_context, occurred_at=row.occurred_at,
+    )
+
+
+Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+_FETCH = """
+SELECT seq, id, type, tenant_id, user_id, private, payload, trace_context, occurred_at,
+       (SELECT coalesce(max(seq), 0) FROM events) AS head
+FROM events
+WHERE seq > :position {type_filter}
+ORDER BY seq
+LIMIT :limit
+"""
+
+
+class Consumer:
+    """Feeds every event after its cursor to `handler`, in order, surviving crashes and restarts.
+
+    Several replicas may run the same consumer: the cursor row is locked with SKIP LOCKED, so
+    one replica works while the others wait to take over.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sessions: async_sessionmaker[AsyncSession],
+        dsn: str,
+        handler: Handler,
+        *,
+        types: frozenset[str] | None = None,
+        batch_size: int = 100,
+        poll_seconds: float = 5.0,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.sessions = sessions
+        self.dsn = dsn
+        self.handler = handler
+        self.types = types
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.after_commit = after_commit
+        self.wake = asyncio.Event()
+        self._fetch = text(_FETCH.format(type_filter="AND type = ANY(:types)" if types else ""))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = asyncio.create_task(listen(self.dsn, self.wake, stop))
+        relay = relay_stop(stop, self.wake)
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    handled = await self.step()
+                    failures = 0
+                    if handled and self.after_commit is not None:
+                        self.after_commit()
+                except Exception:
+                    failures += 1
+                    CONSUMER_FAILURES.labels(self.name).inc()
+                    log.exception("consumer batch failed; retrying", consumer=self.name, attempt=failures)
+                    await wait_for(stop, min(30.0, 0.2 * 2**failures))
+                    continue
+                if handled < self.batch_size:
+                    await wait_for(self.wake, self.poll_seconds)
+                    self.wake.clear()
+        finally:
+            for task in (listener, relay):
+                task.cancel()
+            await asyncio.gather(listener, relay, return_exceptions=True)
+
+    async def step(self) -> int:
+        """Handle one batch in one transaction; returns how many events were handled."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                text("INSERT INTO consumer_cursors (name) VALUES (:name) ON CONFLICT DO NOTHING"),
+                {"name": self.name},
+            )
+            position = (
+                await session.execute(
+                    text("SELECT position FROM consumer_cursors WHERE name = :name FOR UPDATE SKIP LOCKED"),
+                    {"name": self.name},
+                )
+            ).scalar()
+            if position is None:  # another replica holds the cursor
+                return 0
+            params: dict[str, Any] = {"position": position, "limit": self.batch_size}
+            if self.types:
+                params["types"] = list(self.types)
+            rows = (await session.execute(self._fetch, params)).mappings().all()
+            for row in rows:
+                event = Event(**{k: v for k, v in row.items() if k != "head"})
+                await self.handler(session, event)
+                EVENTS_CONSUMED.labels(self.name, event.type).inc()
+            if not rows:
+                return 0
+            # A short batch saw everything up to the head in the same snapshot.
+            new_position = rows[-1]["seq"] if len(rows) == self.batch_size else rows[-1]["head"]
+            await session.execute(
+                text("UPDATE consumer_cursors SET position = :p, updated_at = now() WHERE name = :name"),
+                {"p": new_position, "name": self.name},
+            )
+        CONSUMER_POSITION.labels(self.name).set(new_position)
+        return len(rows)
+
+
+async def listen(dsn: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set `wake` on every NOTIFY; reconnect with backoff if the connection is lost."""
+    delay = 0.5
+    while not stop.is_set():
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            await conn.add_listener(CHANNEL, lambda *_: wake.set())
+            wake.set()  # catch up on anything appended while we were not listening
+            delay = 0.5
+            while not stop.is_set():
+                await wait_for(stop, 5.0)
+                await conn.execute("SELECT 1")  # notices a dead connection within seconds
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("event listener disconnected; reconnecting", error=str(exc), retry_in=delay)
+            await wait_for(stop, delay)
+            delay = min(delay * 2, 10.0)
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+
+def relay_stop(stop: asyncio.Event, wake: asyncio.Event) -> asyncio.Task:
+    """Set `wake` when `stop` is set, so a loop idling on `wake` notices a shutdown at once."""
+
+    async def relay() -> None:
+        await stop.wait()
+        wake.set()
+
+    return asyncio.create_task(relay())
+
+
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set or `timeout` passes; True if it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return event.is_set()

@@ -1,0 +1,58 @@
+"""Structured logs: one JSON object a line, with the request id and service bound in."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+# Keys whose values are never written to a log, whatever logs them.
+REDACTED_KEYS = frozenset(
+    {"password", "token", "access_token", "refresh_token", "authorization", "secret", "api_key", "cookie"}
+)
+
+
+def _redact(_, __, event: dict) -> dict:
+    for key in event.keys() & REDACTED_KEYS:
+        event[key] = "[redacted]"
+    return event
+
+
+def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    # Library logs (uvicorn, alembic, sqlalchemy) go through the same renderer.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).disabled = True
+    structlog.contextvars.bind_contextvars(service=service)

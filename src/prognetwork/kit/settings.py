@@ -1,0 +1,184 @@
+"""One typed settings object per process, loaded from the environment.
+
+`PROG_ENV` selects the environment. Development works with no configuration at all;
+staging and production refuse to start until `problems()` is empty, and it lists every
+problem at once so an operator fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from prognetwork.kit.secrets import Secrets, build_secrets
+
+Environment = Literal["development", "staging", "production"]
+
+# Default port of each service; `PORT` overrides it for a single process (containers).
+SERVICE_PORTS: dict[str, int] = {
+    "users": 3007,
+    "notifications": 3004,
+}
+
+# What each service needs from the outside world, for readiness and for validation.
+SERVICE_DEPENDENCIES: dict[str, frozenset[str]] = {
+    "users": frozenset({"postgres", "redis"}),
+    "notifications": frozenset({"postgres"}),
+}
+
+# Secrets each service reads through the secrets provider (never from plain settings).
+SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
+    "users": ("JWT_SIGNING_KEYS",),
+    "notifications": ("SENDGRID_API_KEY",),
+}
+
+# Values that mean "somebody forgot to set this": refused outside development.
+PLACEHOLDER = re.compile(r"\b(change-?me|placeholder|example|dummy|todo|xxx+)\b|\.\.\.|^(sg\.test|pk_test|sk_test)")
+WEAK_DB_PASSWORDS = {"", "postgres", "password", "secret", "admin"}
+
+DEV_DATABASE_URL = "postgresql://localhost:5432/prog_dev"
+DEV_REDIS_URL = "redis://localhost:6379/0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    env: Environment = Field("development", alias="PROG_ENV")
+    debug: bool = Field(False, alias="PROG_DEBUG")
+    state_dir: Path = Field(Path(".prog"), alias="PROG_STATE_DIR")
+
+    database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
+    redis_url: SecretStr | None = Field(None, alias="REDIS_URL")
+    db_pool_size: int = Field(10, alias="DB_POOL_SIZE", ge=1, le=200)
+
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+    log_format: Literal["json", "console"] = Field("json", alias="LOG_FORMAT")
+
+    # Where links in emails point (the admin web client) and who issues tokens.
+    app_url: str = Field("http://localhost:3000", alias="APP_URL")
+    jwt_issuer: str = Field("http://localhost:8000", alias="JWT_ISSUER")
+    jwt_audience: str = Field("prognetwork", alias="JWT_AUDIENCE")
+    access_token_ttl_seconds: int = Field(900, alias="ACCESS_TOKEN_TTL_SECONDS", ge=30, le=3600)
+    refresh_token_ttl_seconds: int = Field(30 * 86400, alias="REFRESH_TOKEN_TTL_SECONDS", ge=300)
+    email_token_ttl_seconds: int = Field(86400, alias="EMAIL_TOKEN_TTL_SECONDS", ge=60)
+
+    # Login throttling: failures per account, attempts per client address.
+    login_failures_per_account: int = Field(5, alias="LOGIN_FAILURES_PER_ACCOUNT", ge=1)
+    login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS", ge=1)
+    login_attempts_per_address: int = Field(30, alias="LOGIN_ATTEMPTS_PER_ADDRESS", ge=1)
+    login_address_window_seconds: int = Field(300, alias="LOGIN_ADDRESS_WINDOW_SECONDS", ge=1)
+
+    email_from: str = Field("ProgNetwork <no-reply@prognetwork.dev>", alias="EMAIL_FROM")
+    email_max_attempts: int = Field(8, alias="EMAIL_MAX_ATTEMPTS", ge=1)
+    sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
+    stripe_publishable_key: str = Field("pk_test_development", alias="STRIPE_PUBLISHABLE_KEY")
+
+    secrets_backend: Literal["env", "file"] = Field("env", alias="SECRETS_BACKEND")
+    secrets_dir: Path = Field(Path("/run/secrets/prognetwork"), alias="SECRETS_DIR")
+    secrets_cache_ttl_seconds: float = Field(300.0, alias="SECRETS_CACHE_TTL_SECONDS", ge=0)
+
+    max_body_bytes: int = Field(1 << 20, alias="MAX_BODY_BYTES", ge=1024)
+    # Graceful shutdown: after SIGTERM readiness fails at once; the listener keeps accepting
+    # for `drain` seconds so load balancers notice, then in-flight work gets `timeout` seconds.
+    shutdown_drain_seconds: float | None = Field(None, alias="SHUTDOWN_DRAIN_SECONDS", ge=0)
+    shutdown_timeout_seconds: float = Field(25.0, alias="SHUTDOWN_TIMEOUT_SECONDS", ge=0)
+    forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def drain_seconds(self) -> float:
+        if self.shutdown_drain_seconds is not None:
+            return self.shutdown_drain_seconds
+        return 0.0 if self.is_development else 5.0
+
+    @property
+    def database_dsn(self) -> str:
+        """The PostgreSQL URL as libpq/asyncpg spell it (`postgresql://…`)."""
+        url = self.database_url.get_secret_value() if self.database_url else DEV_DATABASE_URL
+        for prefix in ("postgresql+asyncpg://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql://" + url[len(prefix):]
+        return url
+
+    @property
+    def redis_dsn(self) -> str:
+        return self.redis_url.get_secret_value() if self.redis_url else DEV_REDIS_URL
+
+    @cached_property
+    def secrets(self) -> Secrets:
+        return build_secrets(self.secrets_backend, self.secrets_dir, self.secrets_cache_ttl_seconds)
+
+    def problems(self, services: list[str] | None = None) -> list[str]:
+        """Everything that makes this configuration unfit for its environment."""
+        services = services if services is not None else list(SERVICE_PORTS)
+        if self.is_development:
+            return []
+        needs = set().union(*(SERVICE_DEPENDENCIES.get(s, frozenset()) for s in services))
+        found: list[str] = []
+        if self.debug:
+            found.append("PROG_DEBUG must be off outside development")
+        if self.log_format != "json":
+            found.append("LOG_FORMAT must be json outside development (logs are shipped as JSON)")
+        if "postgres" in needs:
+            found += _database_problems(self.database_url, self.env)
+        if "redis" in needs:
+            found += _redis_problems(self.redis_url, self.env)
+        for name in ("APP_URL", "JWT_ISSUER"):
+            value = getattr(self, name.lower())
+            if not value.startswith("https://"):
+                found.append(f"{name} must be an https:// URL outside development (got {value!r})")
+            elif any(m in value.lower() for m in ("localhost", "127.0.0.1")):
+                found.append(f"{name} must not point at localhost outside development")
+        if self.env == "production" and not self.stripe_publishable_key.startswith("pk_live_"):
+            found.append("STRIPE_PUBLISHABLE_KEY must be a live key (pk_live_…) in production")
+        for service in services:
+            for secret in SERVICE_SECRETS.get(service, ()):
+                found += _secret_problems(self.secrets, secret)
+        return found
+
+
+def _database_problems(url: SecretStr | None, env: str) -> list[str]:
+    if url is None:
+        return ["DATABASE_URL is required outside development"]
+    parts = urlsplit(url.get_secret_value())
+    found = []
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        found.append("DATABASE_URL must be a postgresql:// URL")
+    if (parts.password or "") in WEAK_DB_PASSWORDS and "host=/" not in (parts.query or ""):
+        found.append("DATABASE_URL has an empty or default password")
+    if env == "production":
+        query = parse_qs(parts.query)
+        mode = (query.get("sslmode") or query.get("ssl") or [""])[0]
+        if mode not in ("require", "verify-ca", "verify-full"):
+            found.append("DATABASE_URL must set sslmode=require (or verify-full) in production")
+    return found
+
+
+def _redis_problems(url: SecretStr | None, env: str) -> list[str]:
+    if url is None:
+        return ["REDIS_URL is required outside development"]
+    scheme = urlsplit(url.get_secret_value()).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        return ["REDIS_URL must be a redis:// or rediss:// URL"]
+    if env == "production" and scheme != "rediss":
+        return ["REDIS_URL must use TLS (rediss://) in production"]
+    return []
+
+
+def _secret_problems(secrets: Secrets, name: str) -> list[str]:
+    value = secrets.get(name)
+    if value is None:
+        return [f"secret {name} is missing (set it in the environment or the secrets directory)"]
+    text = value.get_secret_value().strip().lower()
+    if len(text) < 16 or PLACEHOLDER.search(text):
+        return [f"secret {name} looks like a placeholder or test value"]
+    return []

@@ -1,0 +1,40 @@
+"""Fixed-window counters in Redis, shared by every replica (one atomic round trip)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+# INCR, start the window on the first hit, report the count and the window's remaining time.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    count: int
+    retry_after_seconds: int
+
+
+class Counter:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._hit = redis.register_script(_HIT)
+
+    async def hit(self, key: str, window_seconds: int) -> Window:
+        count, ttl_ms = await self._hit(keys=[key], args=[window_seconds * 1000])
+        return Window(int(count), max(1, -(-int(ttl_ms) // 1000)))
+
+    async def peek(self, key: str) -> Window:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            count, ttl_ms = await pipe.get(key).pttl(key).execute()
+        return Window(int(count or 0), max(1, -(-max(int(ttl_ms), 0) // 1000)))
+
+    async def reset(self, key: str) -> None:
+        await self.redis.delete(key)

@@ -1,0 +1,44 @@
+"""Alembic environment: async engine, one migrator at a time, metadata of every service."""
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import prognetwork.kit.events  # noqa: F401  (registers its tables)
+import prognetwork.notifications.models  # noqa: F401
+import prognetwork.users.models  # noqa: F401
+from prognetwork.kit.db import Base, sqlalchemy_url
+from prognetwork.kit.settings import Settings
+
+MIGRATION_LOCK_KEY = 0x6D696772  # several replicas may start at once; one migrates
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_sync(connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_online() -> None:
+    dsn = config.attributes.get("dsn") or Settings().database_dsn
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        await connection.commit()
+        try:
+            await connection.run_sync(run_sync)
+            await connection.commit()
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            await connection.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `prog migrate` against a database")
+asyncio.run(run_online())

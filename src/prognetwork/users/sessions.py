@@ -1,0 +1,129 @@
+"""Refresh sessions and one-time tokens, kept in Redis with TTLs.
+
+Only SHA-256 digests of tokens are stored, so a Redis dump grants nothing. A login starts a
+session *family*; each refresh spends its token and issues the next one in the family. A
+spent token presented again means it was stolen (or replayed): the whole family is revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+
+from redis.asyncio import Redis
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _refresh_key(h: str) -> str:
+    return f"auth:refresh:{h}"
+
+
+def _spent_key(h: str) -> str:
+    return f"auth:spent:{h}"
+
+
+def _family_key(family: str) -> str:
+    return f"auth:family:{family}"
+
+
+def _one_time_key(purpose: str, h: str) -> str:
+    return f"auth:{purpose}:{h}"
+
+
+# Spend a refresh token atomically: exactly one caller gets 'ok' for a given token.
+_SPEND = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], value, 'PX', ARGV[1])
+  return {'ok', value}
+end
+local spent = redis.call('GET', KEYS[2])
+if spent then return {'reused', spent} end
+return {'unknown', ''}
+"""
+
+
+class Outcome(Enum):
+    ROTATED = "rotated"
+    REUSED = "reused"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    outcome: Outcome
+    user_id: uuid.UUID | None = None
+    family: str | None = None
+    refresh_token: str | None = None
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, refresh_ttl_seconds: int) -> None:
+        self.redis = redis
+        self.ttl_ms = refresh_ttl_seconds * 1000
+        self._spend = redis.register_script(_SPEND)
+
+    async def start(self, user_id: uuid.UUID) -> tuple[str, str]:
+        """A new session family and its first refresh token."""
+        family = uuid.uuid4().hex
+        token = new_token()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(_family_key(family), str(user_id), px=self.ttl_ms)
+            pipe.set(_refresh_key(digest(token)), f"{family}:{user_id}", px=self.ttl_ms)
+            await pipe.execute()
+        return family, token
+
+    async def rotate(self, token: str) -> Rotation:
+        h = digest(token)
+        status, value = await self._spend(keys=[_refresh_key(h), _spent_key(h)], args=[self.ttl_ms])
+        if status == "unknown":
+            return Rotation(Outcome.INVALID)
+        family, user = value.split(":", 1)
+        user_id = uuid.UUID(user)
+        if status == "reused":
+            await self.redis.delete(_family_key(family))
+            return Rotation(Outcome.REUSED, user_id, family)
+        if not await self.redis.exists(_family_key(family)):
+            return Rotation(Outcome.INVALID, user_id, family)
+        fresh = new_token()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(_refresh_key(digest(fresh)), f"{family}:{user_id}", px=self.ttl_ms)
+            pipe.pexpire(_family_key(family), self.ttl_ms)
+            await pipe.execute()
+        return Rotation(Outcome.ROTATED, user_id, family, fresh)
+
+    async def revoke(self, token: str) -> tuple[str, uuid.UUID] | None:
+        """End the session a refresh token belongs to; None if the token is unknown."""
+        h = digest(token)
+        value = await self.redis.get(_refresh_key(h)) or await self.redis.get(_spent_key(h))
+        if not value:
+            return None
+        family, user = value.split(":", 1)
+        await self.redis.delete(_family_key(family), _refresh_key(h))
+        return family, uuid.UUID(user)
+
+    async def family_active(self, family: str) -> bool:
+        return bool(await self.redis.exists(_family_key(family)))
+
+    async def issue_one_time(self, purpose: str, user_id: uuid.UUID, ttl_seconds: int) -> str:
+        token = new_token()
+        await self.redis.set(_one_time_key(purpose, digest(token)), str(user_id), ex=ttl_seconds)
+        return token
+
+    async def peek_one_time(self, purpose: str, token: str) -> uuid.UUID | None:
+        value = await self.redis.get(_one_time_key(purpose, digest(token)))
+        return uuid.UUID(value) if value else None
+
+    async def spend_one_time(self, purpose: str, token: str) -> None:
+        await self.redis.delete(_one_time_key(purpose, digest(token)))

@@ -1,0 +1,127 @@
+"""Helpers the tests share: polling with a deadline, service processes, free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing polled may not exist yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}" + (f" (last error: {last!r})" if last else ""))
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[T | None]], timeout: float = 15.0, interval: float = 0.05, what: str = ""
+) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = await check()
+            if result:
+                return result
+        except Exception as exc:
+            last = exc
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}" + (f" (last error: {last!r})" if last else ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | None = None, ready: bool = True) -> ServiceProcess:
+    port = port or free_port()
+    log_path = log_dir / f"{name}-{port}.log"
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
+        env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    service = ServiceProcess(name, port, process, log_path, env)
+    path = "/readiness" if ready else "/health"
+    try:
+        eventually(lambda: process.poll() is not None or http_status(service.url + path) == 200, timeout=30,
+                   what=f"{name} to become ready")
+    except AssertionError:
+        service.stop(signal.SIGKILL)
+        raise AssertionError(f"{name} did not start:\n{service.log()[-3000:]}") from None
+    if process.poll() is not None:
+        raise AssertionError(f"{name} exited with {process.returncode}:\n{service.log()[-3000:]}")
+    return service
+
+
+def request_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    import json
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
