@@ -23,12 +23,16 @@ import redis as redis_sync
 from asgi_lifespan import LifespanManager
 
 from prognetwork.kit import local, migrations
+from prognetwork.kit.logging import configure as configure_logging
 from prognetwork.kit.settings import Settings
 from prognetwork.users.keys import generate_pem
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB_LEASE_SECONDS = 3 * 3600
+
+# Logs as production writes them (JSON), so tests exercise the same processors.
+configure_logging("tests", "INFO", "json")
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -125,3 +125,64 @@ def request_json(method: str, url: str, body: Any = None, headers: dict[str, str
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         return exc.code, json.loads(raw) if raw else None
+
+
+class DisposablePostgres:
+    """A PostgreSQL server of the test's own, to stop and start again (embedded binaries)."""
+
+    def __init__(self, directory: Path) -> None:
+        import pgserver
+
+        self.directory = directory
+        self.server = pgserver.get_server(directory, cleanup_mode="stop")
+        self.admin_url = self.server.get_uri()
+
+    def url(self, database: str) -> str:
+        socket_dir = self.admin_url.split("host=", 1)[1]
+        return f"postgresql://postgres@/{database}?host={socket_dir}"
+
+    def stop(self) -> None:
+        from pgserver import _commands
+
+        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.directory, user=self.server.system_user)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+class DisposableRedis:
+    """A Redis server of the test's own on a TCP port, to kill and start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        from prognetwork.kit.local import redis_binary
+
+        self.binary = redis_binary()
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        eventually(lambda: _can_connect(self.port), timeout=10, what="redis to listen")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def _can_connect(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -109,9 +109,13 @@ def config_check(
 @app.command()
 def up(
     services: Annotated[Optional[list[str]], typer.Argument(help="Default: every service")] = None,
+    port_offset: Annotated[
+        int, typer.Option(envvar="PROG_PORT_OFFSET", help="Added to every service port (run two stacks side by side)")
+    ] = 0,
 ) -> None:
     """Run the whole platform on this machine, in the foreground; Ctrl-C stops it."""
     names = [_check_service(s) for s in services] if services else list(SERVICE_PORTS)
+    ports = {name: SERVICE_PORTS[name] + port_offset for name in names}
     settings = load_settings()
     if not settings.is_development:
         raise fail("`prog up` is for development; unset PROG_ENV or set it to development")
@@ -141,16 +145,16 @@ def up(
             out.print(f"embedded Redis: data in {state / 'redis'}")
         migrations.upgrade(Settings(DATABASE_URL=env["DATABASE_URL"]).database_dsn)
         for name in names:
-            children[name] = _spawn(name, env)
-        _wait_ready(names, children)
+            children[name] = _spawn(name, ports[name], env)
+        _wait_ready(ports, children)
         table = Table(title="ProgNetwork is up", show_header=True)
         table.add_column("service")
         table.add_column("URL")
         for name in names:
-            table.add_row(name, f"http://127.0.0.1:{SERVICE_PORTS[name]}")
+            table.add_row(name, f"http://127.0.0.1:{ports[name]}")
         out.print(table)
         out.print("Ctrl-C stops everything.")
-        _supervise(names, children, env)
+        _supervise(ports, children, env)
     except KeyboardInterrupt:
         stopping = True
     except local.LocalServerError as exc:
@@ -163,22 +167,22 @@ def up(
             out.print("stopped.")
 
 
-def _spawn(name: str, env: dict[str, str]) -> subprocess.Popen:
+def _spawn(name: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1"],
+        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
         env=env, start_new_session=True,  # Ctrl-C reaches only `prog up`, which stops children in order
     )
 
 
-def _wait_ready(names: list[str], children: dict[str, subprocess.Popen]) -> None:
+def _wait_ready(ports: dict[str, int], children: dict[str, subprocess.Popen]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    pending = set(names)
+    pending = set(ports)
     while pending:
         for name in sorted(pending):
             if children[name].poll() is not None:
                 raise fail(f"service {name} exited during start-up (status {children[name].returncode}); see its log above")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{SERVICE_PORTS[name]}/readiness", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/readiness", timeout=2):
                     pending.discard(name)
             except (urllib.error.URLError, OSError):
                 pass
@@ -187,12 +191,12 @@ def _wait_ready(names: list[str], children: dict[str, subprocess.Popen]) -> None
         time.sleep(0.2)
 
 
-def _supervise(names: list[str], children: dict[str, subprocess.Popen], env: dict[str, str]) -> None:
+def _supervise(ports: dict[str, int], children: dict[str, subprocess.Popen], env: dict[str, str]) -> None:
     """Restart a service that dies, with backoff; give up if it keeps dying."""
-    restarts: dict[str, list[float]] = {name: [] for name in names}
+    restarts: dict[str, list[float]] = {name: [] for name in ports}
     while True:
         time.sleep(0.5)
-        for name in names:
+        for name in ports:
             code = children[name].poll()
             if code is None:
                 continue
@@ -203,7 +207,7 @@ def _supervise(names: list[str], children: dict[str, subprocess.Popen], env: dic
                 raise fail(f"service {name} keeps exiting (status {code}); stopping the platform")
             err.print(f"[yellow]service {name} exited with status {code}; restarting[/]")
             time.sleep(min(8.0, 0.5 * 2 ** len(recent)))
-            children[name] = _spawn(name, env)
+            children[name] = _spawn(name, ports[name], env)
 
 
 def _stop_all(children: dict[str, subprocess.Popen]) -> None:

@@ -229,7 +229,9 @@ async def listen(dsn: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
     while not stop.is_set():
         conn = None
         try:
-            conn = await asyncpg.connect(dsn, timeout=5)
+            conn = await asyncpg.connect(
+                dsn, timeout=5, server_settings={"application_name": "prognetwork-event-listener"}
+            )
             await conn.add_listener(CHANNEL, lambda *_: wake.set())
             wake.set()  # catch up on anything appended while we were not listening
             delay = 0.5

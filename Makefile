@@ -1,0 +1,32 @@
+# The verbs a person types. `make up` runs the platform; `make test` runs every test.
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: up test lint lock clean
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ProgNetwork needs Python 3.11 or newer (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[local,test,dev]"
+	@touch $@
+
+up: $(INSTALLED)
+	$(BIN)/prog up
+
+# pytest exits 5 when it collected nothing: a suite that runs nothing proves nothing.
+test: $(INSTALLED)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check src tests
+
+# Re-pin every dependency after changing pyproject.toml.
+lock: $(INSTALLED)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache

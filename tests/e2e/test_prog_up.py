@@ -1,0 +1,77 @@
+"""The README's first command: `prog up` with embedded PostgreSQL and Redis, and a newcomer's flow."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import unique_email
+from tests.support import ROOT, eventually, http_status, request_json
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse battery staple"
+
+
+def start_up(state_dir, offset: int, log_path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PROG_ENV")}
+    env.update(PROG_STATE_DIR=str(state_dir), PROG_PORT_OFFSET=str(offset), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "prognetwork", "up"], env=env, cwd=ROOT,
+        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+    )
+
+
+def stop_up(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
+    offset = random.randrange(20000, 40000, 100)
+    users = f"http://127.0.0.1:{3007 + offset}"
+    notifications = f"http://127.0.0.1:{3004 + offset}"
+    log_path = tmp_path / "up.log"
+    state = tmp_path / "state"
+    up = start_up(state, offset, log_path)
+    try:
+        eventually(lambda: up.poll() is not None or "ProgNetwork is up" in log_path.read_text(errors="replace"),
+                   timeout=120, what="prog up to report the platform up")
+        assert up.poll() is None, log_path.read_text()
+        output = log_path.read_text(errors="replace")
+        assert users in output and notifications in output  # prints every service URL
+        assert http_status(users + "/readiness") == 200 and http_status(notifications + "/readiness") == 200
+
+        email = unique_email("newcomer")
+        assert request_json("POST", users + "/v1/auth/register",
+                            {"email": email, "password": PASSWORD, "name": "New"})[0] == 201
+        messages = eventually(lambda: request_json("GET", f"{notifications}/v1/dev/outbox?to={email}")[1],
+                              what="verification email")
+        token = re.search(r"token=([\w-]+)", messages[0]["text"]).group(1)
+        assert request_json("POST", users + "/v1/auth/verify-email", {"token": token})[0] == 200
+    finally:
+        code = stop_up(up)
+    assert code == 0, log_path.read_text()[-3000:]
+    assert http_status(users + "/health") is None and http_status(notifications + "/health") is None
+
+    # A second `prog up` finds the same data.
+    up = start_up(state, offset, log_path)
+    try:
+        eventually(lambda: up.poll() is not None or http_status(users + "/readiness") == 200, timeout=120)
+        status, tokens = request_json("POST", users + "/v1/auth/login", {"email": email, "password": PASSWORD})
+        assert status == 200, tokens
+        status, me = request_json("GET", users + "/v1/users/me",
+                                  headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert status == 200 and me["email"] == email
+    finally:
+        assert stop_up(up) == 0
+    assert "stopped." in log_path.read_text()

@@ -1,0 +1,133 @@
+"""Services as real processes: graceful shutdown, crash recovery, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+
+import pytest
+
+from tests.conftest import unique_email
+from tests.support import eventually, http_status, request_json, start_service
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse battery staple"
+
+
+def outbox(notifications, email: str) -> list[dict]:
+    status, body = request_json("GET", f"{notifications.url}/v1/dev/outbox?to={email}")
+    assert status == 200
+    return body
+
+
+def test_sigterm_drains_finishes_in_flight_request_then_exits_zero(service_env, tmp_path):
+    users = start_service("users", {**service_env, "SHUTDOWN_DRAIN_SECONDS": "1.5"}, tmp_path)
+    email = unique_email("slow")
+    body = json.dumps({"email": email, "password": PASSWORD, "name": "Slow Upload"}).encode()
+    # A request in flight: headers and half the body sent, the rest withheld until after SIGTERM.
+    conn = socket.create_connection(("127.0.0.1", users.port))
+    conn.sendall(
+        b"POST /v1/auth/register HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:20]
+    )
+    eventually(lambda: http_status(users.url + "/health") == 200)
+    users.process.send_signal(signal.SIGTERM)
+
+    # Readiness fails at once, while the listener still accepts during the drain delay.
+    assert eventually(lambda: http_status(users.url + "/readiness") == 503, timeout=1.0, interval=0.02)
+    assert http_status(users.url + "/health") == 200
+
+    conn.sendall(body[20:])
+    response = _read_response(conn)
+    assert response.startswith(b"HTTP/1.1 201"), response[:200]
+
+    # After the drain delay the listener closes, and the process exits cleanly.
+    eventually(lambda: users.process.poll() is not None, timeout=15, what="exit after drain")
+    assert users.process.returncode == 0, users.log()[-2000:]
+    assert http_status(users.url + "/health") is None  # connection refused now
+    log = users.log()
+    assert "shutdown requested; draining" in log and "Application shutdown complete" in log
+
+
+def _read_response(conn: socket.socket) -> bytes:
+    conn.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    while len(rest) < length:
+        rest += conn.recv(65536)
+    conn.close()
+    return head + b"\r\n\r\n" + rest
+
+
+def test_email_consumer_survives_kill_9_without_loss_or_duplicates(service_env, tmp_path):
+    users = start_service("users", service_env, tmp_path)
+    notifications = start_service("notifications", service_env, tmp_path)
+    emails = [unique_email("crash") for _ in range(12)]
+    try:
+        for i, email in enumerate(emails):
+            status, _ = request_json("POST", f"{users.url}/v1/auth/register",
+                                     {"email": email, "password": PASSWORD, "name": f"N{i}"})
+            assert status == 201
+            if i == 5:
+                notifications.stop(signal.SIGKILL)  # dies mid-stream, no clean shutdown
+        notifications = start_service("notifications", service_env, tmp_path)
+        for email in emails:
+            eventually(lambda: outbox(notifications, email), timeout=20, what=f"email to {email}")
+        for email in emails:
+            assert len(outbox(notifications, email)) == 1, f"{email} got a duplicate"
+    finally:
+        users.stop()
+        notifications.stop()
+
+
+def test_tokens_and_passwords_never_reach_logs_or_metrics(service_env, tmp_path):
+    users = start_service("users", service_env, tmp_path)
+    notifications = start_service("notifications", service_env, tmp_path)
+    try:
+        email = unique_email("secret")
+        request_json("POST", f"{users.url}/v1/auth/register", {"email": email, "password": PASSWORD, "name": "S"})
+        (message,) = eventually(lambda: outbox(notifications, email), what="verification email")
+        token = re.search(r"token=([\w-]+)", message["text"]).group(1)
+        assert request_json("POST", f"{users.url}/v1/auth/verify-email", {"token": token})[0] == 200
+        status, tokens = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
+        assert status == 200
+        request_json("POST", f"{users.url}/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]})
+        for service in (users, notifications):
+            _, metrics = _get_text(service.url + "/metrics")
+            assert 'route="/v1/auth/register"' in metrics or service is notifications
+            for secret in (token, PASSWORD, tokens["access_token"], tokens["refresh_token"]):
+                assert secret not in service.log(), f"{service.name} logged a secret"
+                assert secret not in metrics
+    finally:
+        users.stop()
+        notifications.stop()
+
+
+def _get_text(url: str) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def test_metrics_use_route_templates_and_count_errors(service_env, tmp_path):
+    users = start_service("users", service_env, tmp_path)
+    try:
+        for i in range(5):
+            http_status(f"{users.url}/v1/no-such-thing/{i}")
+        request_json("GET", f"{users.url}/v1/users/me")
+        _, metrics = _get_text(users.url + "/metrics")
+        assert 'route="<unmatched>"' in metrics and "/v1/no-such-thing/3" not in metrics
+        assert re.search(r'requests_total\{method="GET",route="/v1/users/me",service="users",status="401"\} 1\.0', metrics)
+        assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/users/me"' in metrics
+        assert "errors_total" in metrics
+    finally:
+        users.stop()

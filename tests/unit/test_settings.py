@@ -1,0 +1,152 @@
+"""Configuration per environment: development just works; staging/production list every problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from prognetwork.kit.settings import Settings
+from prognetwork.users.keys import generate_pem
+
+CLEAN = {k: "" for k in ("DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY")}
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith(("PROG_", "DATABASE_", "REDIS_", "JWT_", "SENDGRID", "STRIPE", "APP_URL", "SECRETS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "no-secrets"))
+
+
+def good_production(tmp_path) -> dict[str, str]:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "JWT_SIGNING_KEYS").write_text(generate_pem())
+    (secrets / "SENDGRID_API_KEY").write_text("SG.4fQ1c0b2Zt9xv8Lr3mWq.Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3")
+    return {
+        "PROG_ENV": "production",
+        "DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal:5432/prog?sslmode=require",
+        "REDIS_URL": "rediss://cache.internal:6379/0",
+        "APP_URL": "https://app.prognetwork.com",
+        "JWT_ISSUER": "https://api.prognetwork.com",
+        "STRIPE_PUBLISHABLE_KEY": "pk_live_51Hx8mQ2eZvKYlo2C",
+        "SECRETS_BACKEND": "file",
+        "SECRETS_DIR": str(secrets),
+    }
+
+
+def test_development_needs_no_configuration():
+    settings = Settings()
+    assert settings.env == "development"
+    assert settings.problems() == []
+    assert settings.database_dsn == "postgresql://localhost:5432/prog_dev"
+    assert settings.redis_dsn == "redis://localhost:6379/0"
+    assert settings.drain_seconds == 0
+
+
+def test_staging_with_nothing_set_lists_every_problem_at_once():
+    problems = Settings(PROG_ENV="staging").problems()
+    text = "\n".join(problems)
+    for expected in ("DATABASE_URL is required", "REDIS_URL is required", "APP_URL must be an https://",
+                     "JWT_ISSUER must be an https://", "secret JWT_SIGNING_KEYS is missing",
+                     "secret SENDGRID_API_KEY is missing"):
+        assert expected in text, text
+    assert Settings(PROG_ENV="staging").drain_seconds == 5
+
+
+def test_production_accepts_a_complete_configuration(tmp_path):
+    assert Settings(**good_production(tmp_path)).problems() == []
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ({"PROG_DEBUG": "true"}, "PROG_DEBUG must be off"),
+        ({"LOG_FORMAT": "console"}, "LOG_FORMAT must be json"),
+        ({"APP_URL": "http://app.prognetwork.com"}, "APP_URL must be an https://"),
+        ({"JWT_ISSUER": "https://localhost:8000"}, "JWT_ISSUER must not point at localhost"),
+        ({"REDIS_URL": "redis://cache.internal:6379/0"}, "REDIS_URL must use TLS"),
+        ({"DATABASE_URL": "postgresql://prog:postgres@db.internal/prog?sslmode=require"}, "default password"),
+        ({"DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal/prog"}, "sslmode=require"),
+        ({"DATABASE_URL": "mysql://prog:Vq8tX2mZr5Lw@db/prog?sslmode=require"}, "must be a postgresql://"),
+        ({"STRIPE_PUBLISHABLE_KEY": "pk_test_51Hx8mQ2eZvKYlo2C"}, "must be a live key"),
+    ],
+)
+def test_production_refuses_unsafe_values(tmp_path, override, expected):
+    problems = Settings(**{**good_production(tmp_path), **override}).problems()
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("value", ["SG.test_abcdefghijklmnop", "changeme", "placeholder-value-here-123", "short"])
+def test_placeholder_secrets_refused(tmp_path, value):
+    env = good_production(tmp_path)
+    (tmp_path / "secrets" / "SENDGRID_API_KEY").write_text(value)
+    problems = Settings(**env).problems()
+    assert any("SENDGRID_API_KEY" in p for p in problems), problems
+
+
+def test_problems_can_be_limited_to_one_service():
+    problems = Settings(PROG_ENV="production").problems(["notifications"])
+    assert not any("REDIS_URL" in p or "JWT_SIGNING_KEYS" in p for p in problems)
+    assert any("SENDGRID_API_KEY" in p for p in problems)
+
+
+def test_secrets_never_show_in_repr(tmp_path):
+    settings = Settings(**good_production(tmp_path))
+    shown = repr(settings) + str(settings.model_dump())
+    assert "Vq8tX2mZr5Lw" not in shown
+    assert "SG.4fQ1" not in repr(settings.secrets.get("SENDGRID_API_KEY"))
+
+
+def run_prog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(
+        [sys.executable, "-m", "prognetwork", *args], env={**base, **(env or {})},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_config_check_cli_passes_in_development():
+    result = run_prog("config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "development: configuration OK" in result.stdout
+
+
+def test_config_check_cli_lists_problems_and_exits_1():
+    result = run_prog("config", "check", "--env", "production", env={"SECRETS_DIR": "/nonexistent"})
+    assert result.returncode == 1
+    assert "production:" in result.stdout and "DATABASE_URL is required" in result.stdout
+    assert "secret JWT_SIGNING_KEYS is missing" in result.stdout
+
+
+def test_config_check_cli_accepts_good_production(tmp_path):
+    result = run_prog("config", "check", env=good_production(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_check_cli_rejects_unknown_environment():
+    result = run_prog("config", "check", "--env", "prod")
+    assert result.returncode == 2
+    assert "unknown environment 'prod'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_invalid_value_is_one_clear_line():
+    result = run_prog("config", "check", env={"ACCESS_TOKEN_TTL_SECONDS": "soon"})
+    assert result.returncode == 2
+    assert "ACCESS_TOKEN_TTL_SECONDS" in result.stderr and "integer" in result.stderr
+
+
+def test_serve_refuses_to_start_in_production_with_problems():
+    result = run_prog("serve", "users", "--port", "1", env={"PROG_ENV": "production", "SECRETS_DIR": "/nonexistent"})
+    assert result.returncode == 2
+    assert "refusing to start (production)" in result.stderr and "DATABASE_URL is required" in result.stderr
+
+
+def test_serve_rejects_unknown_service():
+    result = run_prog("serve", "nope")
+    assert result.returncode == 2 and "unknown service 'nope'" in result.stderr
