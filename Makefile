@@ -1,5 +1,5 @@
 # The verbs a person types. `make up` runs the platform; `make test` runs every test.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
