@@ -47,6 +47,9 @@ async def test_readiness_flips_with_postgres_and_redis(serve_app, make_settings,
     assert body["checks"]["postgres"] == "ok" and body["checks"]["redis"].startswith("unreachable")
     assert "redis" in body["detail"] and body["type"].endswith("/not-ready")
     assert (await client.get("/health")).status_code == 200  # liveness never depends on others
+    login = await client.post("/v1/auth/login", json={"email": "a@example.com", "password": "whatever it is"})
+    assert login.status_code == 503 and login.headers["retry-after"]
+    assert login.json()["type"].endswith("/dependency-unavailable")
 
     redis.start()
     await eventually_async(lambda: status_is(200), what="200 with Redis back")
@@ -55,6 +58,9 @@ async def test_readiness_flips_with_postgres_and_redis(serve_app, make_settings,
     body = await eventually_async(lambda: status_is(503), what="503 with PostgreSQL down")
     assert body["checks"]["redis"] == "ok" and body["checks"]["postgres"].startswith("unreachable")
     assert (await client.get("/health")).status_code == 200
+    register = await client.post("/v1/auth/register",
+                                 json={"email": "b@example.com", "password": "long enough pw", "name": "B"})
+    assert register.status_code == 503 and register.json()["type"].endswith("/dependency-unavailable")
 
     pg.start()
     await eventually_async(lambda: status_is(200), what="200 with PostgreSQL back")

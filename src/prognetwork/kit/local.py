@@ -7,6 +7,7 @@ keeping their data under the state folder so a second start finds the same data.
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,7 @@ def start_postgres(directory: Path, database: str = DATABASE) -> LocalServer:
     _need("pgserver")
     import pgserver
 
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines narrate every step
     directory.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")

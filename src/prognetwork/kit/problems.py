@@ -7,11 +7,16 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_BASE = "https://prognetwork.dev/problems/"
+# A database or cache that cannot be reached is an outage to retry, not a bug: 503.
+OUTAGES = (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceError, OSError)
+RETRY_AFTER_SECONDS = "5"
 MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("prognetwork.errors")
 
@@ -95,6 +100,16 @@ def install(app: FastAPI) -> None:
         status, detail, fields = _validation_detail(list(exc.errors()))
         extra = {"errors": fields} if fields else {}
         return problem_response(status, detail, kind="invalid-request", instance=request.url.path, **extra)
+
+    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem_response(
+            503, "A service this request depends on is unavailable; nothing was changed. Retry shortly.",
+            kind="dependency-unavailable", instance=request.url.path, headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    for outage in OUTAGES:
+        app.add_exception_handler(outage, _outage)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
