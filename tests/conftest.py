@@ -12,9 +12,9 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import asyncpg
 import httpx

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -56,7 +56,7 @@ def _check_service(name: str) -> str:
 def serve(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_PORTS)}")],
     host: Annotated[str, typer.Option(envvar="HOST")] = "0.0.0.0",
-    port: Annotated[Optional[int], typer.Option(envvar="PORT", help="Default: the service's own port")] = None,
+    port: Annotated[int | None, typer.Option(envvar="PORT", help="Default: the service's own port")] = None,
 ) -> None:
     """Run one service in this process (what containers run)."""
     _check_service(service)
@@ -89,8 +89,8 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 @config_app.command("check")
 def config_check(
-    env: Annotated[Optional[str], typer.Option(help="Check as this PROG_ENV")] = None,
-    service: Annotated[Optional[list[str]], typer.Option(help="Only what these services need")] = None,
+    env: Annotated[str | None, typer.Option(help="Check as this PROG_ENV")] = None,
+    service: Annotated[list[str] | None, typer.Option(help="Only what these services need")] = None,
 ) -> None:
     """Say whether this environment's configuration is fit to run; exit 1 if not."""
     if env is not None and env not in ("development", "staging", "production"):
@@ -108,7 +108,7 @@ def config_check(
 
 @app.command()
 def up(
-    services: Annotated[Optional[list[str]], typer.Argument(help="Default: every service")] = None,
+    services: Annotated[list[str] | None, typer.Argument(help="Default: every service")] = None,
     port_offset: Annotated[
         int, typer.Option(envvar="PROG_PORT_OFFSET", help="Added to every service port (run two stacks side by side)")
     ] = 0,

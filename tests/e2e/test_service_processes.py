@@ -80,7 +80,7 @@ def test_email_consumer_survives_kill_9_without_loss_or_duplicates(service_env, 
                 notifications.stop(signal.SIGKILL)  # dies mid-stream, no clean shutdown
         notifications = start_service("notifications", service_env, tmp_path)
         for email in emails:
-            eventually(lambda: outbox(notifications, email), timeout=20, what=f"email to {email}")
+            eventually(lambda email=email: outbox(notifications, email), timeout=20, what=f"email to {email}")
         for email in emails:
             assert len(outbox(notifications, email)) == 1, f"{email} got a duplicate"
     finally:

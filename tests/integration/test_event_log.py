@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from prognetwork.kit import db as kit_db
 from prognetwork.kit.events import Consumer, append
@@ -43,7 +44,7 @@ async def test_state_change_and_event_fail_together(sessions, db):
     kind = f"test.{uuid.uuid4().hex[:8]}"
     async with sessions() as session:
         await append(session, kind, {})
-        with pytest.raises(Exception):
+        with pytest.raises(IntegrityError):
             await session.execute(text("INSERT INTO users (id) VALUES (NULL)"))
         await session.rollback()
     assert await count(db, kind) == 0

@@ -6,7 +6,7 @@ import json
 import re
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -137,7 +137,7 @@ async def load(sessions, message_id) -> EmailMessage:
 async def make_due(sessions, message_id) -> None:
     async with sessions() as session, session.begin():
         message = await session.get(EmailMessage, message_id)
-        message.next_attempt_at = datetime.now(timezone.utc)
+        message.next_attempt_at = datetime.now(UTC)
 
 
 async def test_sendgrid_provider_sends_through_the_sdk(settings, secrets_dir, sendgrid, staged_message):
@@ -163,7 +163,7 @@ async def test_transient_failure_is_retried_with_backoff(settings, secrets_dir, 
     failed_once = await load(sessions, message_id)
     assert failed_once.status == "pending" and failed_once.attempts == 1
     assert "503" in failed_once.last_error
-    assert failed_once.next_attempt_at > datetime.now(timezone.utc)  # backed off, not retried at once
+    assert failed_once.next_attempt_at > datetime.now(UTC)  # backed off, not retried at once
     await service.deliver_due(sessions, provider, settings)
     assert (await load(sessions, message_id)).attempts == 1  # not due yet
     await make_due(sessions, message_id)

@@ -11,9 +11,10 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
@@ -147,7 +148,7 @@ async def check_dependencies(runtime: Runtime, needs: frozenset[str]) -> dict[st
             return f"unreachable ({type(exc).__name__})"
 
     results = await asyncio.gather(*(run(n) for n in names))
-    return dict(zip(names, results))
+    return dict(zip(names, results, strict=True))
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -11,10 +11,10 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Callable
 
 DATABASE = "prognetwork"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~107 bytes

@@ -12,7 +12,7 @@ import asyncio
 import html
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
@@ -76,7 +76,7 @@ async def deliver_due(
         due = (
             await session.execute(
                 select(EmailMessage)
-                .where(EmailMessage.status == "pending", EmailMessage.next_attempt_at <= datetime.now(timezone.utc))
+                .where(EmailMessage.status == "pending", EmailMessage.next_attempt_at <= datetime.now(UTC))
                 .order_by(EmailMessage.next_attempt_at)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
@@ -88,7 +88,7 @@ async def deliver_due(
 
 
 async def _attempt(session: AsyncSession, provider: EmailProvider, settings: Settings, message: EmailMessage) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     message.attempts += 1
     message.provider = provider.name
     try:

@@ -54,7 +54,7 @@ class UserOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, user: User) -> "UserOut":
+    def of(cls, user: User) -> UserOut:
         return cls(
             id=user.id, email=user.email, name=user.name, role=user.role,
             email_verified=user.email_verified_at is not None, created_at=user.created_at,
@@ -68,7 +68,7 @@ class TokensOut(BaseModel):
     expires_in: int
 
     @classmethod
-    def of(cls, tokens: Tokens) -> "TokensOut":
+    def of(cls, tokens: Tokens) -> TokensOut:
         return cls(**{f: getattr(tokens, f) for f in cls.model_fields})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import Counter
@@ -78,7 +78,7 @@ class Accounts:
         user_id = await self.store.peek_one_time(VERIFY_PURPOSE, token)
         if user_id is None:
             raise Problem(400, "This verification link is invalid or has expired.", kind="invalid-token")
-        verified_at = datetime.now(timezone.utc)
+        verified_at = datetime.now(UTC)
         changed = (
             await db.execute(
                 update(User)
