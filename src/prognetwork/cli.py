@@ -41,8 +41,8 @@ def load_settings(**env: str) -> Settings:
         return Settings()
     except ValidationError as exc:
         for e in exc.errors():
-            field = ".".join(str(p) for p in e["loc"])
-            err.print(f"[bold red]error:[/] {field.upper()}: {e['msg']}", highlight=False)
+            field = ".".join(str(p) for p in e["loc"]).upper()
+            err.print(f"[bold red]error:[/] {field + ': ' if field else ''}{e['msg']}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -144,6 +144,8 @@ def up(
             env["REDIS_URL"] = redis.url
             out.print(f"embedded Redis: data in {state / 'redis'}")
         migrations.upgrade(Settings(DATABASE_URL=env["DATABASE_URL"]).database_dsn)
+        for name, port in ports.items():  # how services (the gateway) find each other here
+            env.setdefault(f"{name.upper()}_URL", f"http://127.0.0.1:{port}")
         for name in names:
             children[name] = _spawn(name, ports[name], env)
         _wait_ready(ports, children)
@@ -153,6 +155,8 @@ def up(
         for name in names:
             table.add_row(name, f"http://127.0.0.1:{ports[name]}")
         out.print(table)
+        if "gateway" in ports:
+            out.print(f"Clients use the gateway: http://127.0.0.1:{ports['gateway']}/api/v1/…")
         out.print("Ctrl-C stops everything.")
         _supervise(ports, children, env)
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ def stop_up(process: subprocess.Popen) -> int:
 
 def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     offset = random.randrange(20000, 40000, 100)
+    gateway = f"http://127.0.0.1:{8000 + offset}"
     users = f"http://127.0.0.1:{3007 + offset}"
     notifications = f"http://127.0.0.1:{3004 + offset}"
     log_path = tmp_path / "up.log"
@@ -48,28 +49,31 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
                    timeout=120, what="prog up to report the platform up")
         assert up.poll() is None, log_path.read_text()
         output = log_path.read_text(errors="replace")
-        assert users in output and notifications in output  # prints every service URL
-        assert http_status(users + "/readiness") == 200 and http_status(notifications + "/readiness") == 200
+        assert gateway in output and users in output and notifications in output  # prints every service URL
+        for url in (gateway, users, notifications):
+            assert http_status(url + "/readiness") == 200
 
+        # The README's flow, through the gateway's port only.
         email = unique_email("newcomer")
-        assert request_json("POST", users + "/v1/auth/register",
+        assert request_json("POST", gateway + "/api/v1/auth/register",
                             {"email": email, "password": PASSWORD, "name": "New"})[0] == 201
-        messages = eventually(lambda: request_json("GET", f"{notifications}/v1/dev/outbox?to={email}")[1],
+        messages = eventually(lambda: request_json("GET", f"{gateway}/api/v1/dev/outbox?to={email}")[1],
                               what="verification email")
         token = re.search(r"token=([\w-]+)", messages[0]["text"]).group(1)
-        assert request_json("POST", users + "/v1/auth/verify-email", {"token": token})[0] == 200
+        assert request_json("POST", gateway + "/api/v1/auth/verify-email", {"token": token})[0] == 200
     finally:
         code = stop_up(up)
     assert code == 0, log_path.read_text()[-3000:]
-    assert http_status(users + "/health") is None and http_status(notifications + "/health") is None
+    for url in (gateway, users, notifications):
+        assert http_status(url + "/health") is None
 
     # A second `prog up` finds the same data.
     up = start_up(state, offset, log_path)
     try:
-        eventually(lambda: up.poll() is not None or http_status(users + "/readiness") == 200, timeout=120)
-        status, tokens = request_json("POST", users + "/v1/auth/login", {"email": email, "password": PASSWORD})
+        eventually(lambda: up.poll() is not None or http_status(gateway + "/readiness") == 200, timeout=120)
+        status, tokens = request_json("POST", gateway + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
         assert status == 200, tokens
-        status, me = request_json("GET", users + "/v1/users/me",
+        status, me = request_json("GET", gateway + "/api/v1/users/me",
                                   headers={"Authorization": f"Bearer {tokens['access_token']}"})
         assert status == 200 and me["email"] == email
     finally:

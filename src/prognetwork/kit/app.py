@@ -65,12 +65,15 @@ def create_service_app(
     *,
     startup: Iterable[Background] = (),
     background: Iterable[Background] = (),
+    checks: dict[str, Callable[[], Awaitable[str]]] | None = None,
     title: str | None = None,
 ) -> FastAPI:
-    """`startup` hooks run once connections exist; `background` jobs run until `runtime.stop`."""
+    """`startup` hooks run once connections exist; `background` jobs run until `runtime.stop`;
+    `checks` are extra readiness checks ("ok" or what is wrong)."""
     needs = SERVICE_DEPENDENCIES.get(service, frozenset())
     runtime = Runtime(service=service, settings=settings)
     startup, background = list(startup), list(background)
+    extra_checks = dict(checks or {})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +107,7 @@ def create_service_app(
 
     @app.get("/readiness", include_in_schema=False)
     async def readiness() -> Response:
-        checks = await check_dependencies(runtime, needs)
+        checks = await check_dependencies(runtime, needs, extra_checks)
         if runtime.draining:
             checks["lifecycle"] = "shutting down"
         failing = {name: state for name, state in checks.items() if state != "ok"}
@@ -123,7 +126,9 @@ def create_service_app(
     return app
 
 
-async def check_dependencies(runtime: Runtime, needs: frozenset[str]) -> dict[str, str]:
+async def check_dependencies(
+    runtime: Runtime, needs: frozenset[str], extra: dict[str, Callable[[], Awaitable[str]]]
+) -> dict[str, str]:
     async def postgres() -> str:
         assert runtime.engine is not None
         revision = await db.applied_revision(runtime.engine)
@@ -136,8 +141,8 @@ async def check_dependencies(runtime: Runtime, needs: frozenset[str]) -> dict[st
         await runtime.redis.ping()
         return "ok"
 
-    probes = {"postgres": postgres, "redis": redis}
-    names = [n for n in ("postgres", "redis") if n in needs]
+    probes = {"postgres": postgres, "redis": redis, **extra}
+    names = [n for n in ("postgres", "redis") if n in needs] + list(extra)
 
     async def run(name: str) -> str:
         try:
@@ -176,6 +181,7 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope["prog.request_id"] = request_id  # for layers that forward it (the gateway)
         status = 500
         answered = False  # set once this layer answered itself (body too large)
         header = (b"x-request-id", request_id.encode())

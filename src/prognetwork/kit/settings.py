@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prognetwork.kit.secrets import Secrets, build_secrets
@@ -22,6 +22,7 @@ Environment = Literal["development", "staging", "production"]
 
 # Default port of each service; `PORT` overrides it for a single process (containers).
 SERVICE_PORTS: dict[str, int] = {
+    "gateway": 8000,
     "users": 3007,
     "notifications": 3004,
 }
@@ -30,6 +31,7 @@ SERVICE_PORTS: dict[str, int] = {
 SERVICE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "users": frozenset({"postgres", "redis"}),
     "notifications": frozenset({"postgres"}),
+    "gateway": frozenset({"redis"}),
 }
 
 # Secrets each service reads through the secrets provider (never from plain settings).
@@ -41,6 +43,44 @@ SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
 # Values that mean "somebody forgot to set this": refused outside development.
 PLACEHOLDER = re.compile(r"\b(change-?me|placeholder|example|dummy|todo|xxx+)\b|\.\.\.|^(sg\.test|pk_test|sk_test)")
 WEAK_DB_PASSWORDS = {"", "postgres", "password", "secret", "admin"}
+
+class Route(BaseModel):
+    """One line of the gateway's route table: a path prefix and where it goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: str = Field(pattern=r"^/")
+    upstream: str
+    public: bool = False  # no access token needed
+    limit: str = "default"  # rate-limit group
+    stream: bool = False  # long-lived responses (SSE): no read timeout
+    strip_prefix: str = "/api"  # /api/v1/x → upstream /v1/x
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: int = Field(gt=0)
+    window_seconds: int = Field(gt=0)
+
+
+DEFAULT_ROUTES = [
+    Route(prefix="/api/v1/auth/register", upstream="users", public=True, limit="auth"),
+    Route(prefix="/api/v1/auth/login", upstream="users", public=True, limit="auth"),
+    Route(prefix="/api/v1/auth/refresh", upstream="users", public=True, limit="auth"),
+    Route(prefix="/api/v1/auth/verify-email", upstream="users", public=True, limit="auth"),
+    Route(prefix="/api/v1/auth", upstream="users"),
+    Route(prefix="/api/v1/users", upstream="users"),
+    Route(prefix="/api/v1/events", upstream="streaming", stream=True),
+    Route(prefix="/.well-known/jwks.json", upstream="users", public=True, limit="anonymous", strip_prefix=""),
+]
+# Development only: the email outbox, so a newcomer needs nothing but the gateway's port.
+DEVELOPMENT_ROUTES = [Route(prefix="/api/v1/dev", upstream="notifications", public=True, limit="anonymous")]
+DEFAULT_RATE_LIMITS = {
+    "auth": RateLimit(requests=30, window_seconds=60),
+    "anonymous": RateLimit(requests=300, window_seconds=60),
+    "default": RateLimit(requests=1200, window_seconds=60),
+}
 
 DEV_DATABASE_URL = "postgresql://localhost:5432/prog_dev"
 DEV_REDIS_URL = "redis://localhost:6379/0"
@@ -83,12 +123,46 @@ class Settings(BaseSettings):
     secrets_dir: Path = Field(Path("/run/secrets/prognetwork"), alias="SECRETS_DIR")
     secrets_cache_ttl_seconds: float = Field(300.0, alias="SECRETS_CACHE_TTL_SECONDS", ge=0)
 
+    # API gateway: where upstreams live and which paths go where (first matching prefix wins).
+    users_url: str = Field("http://127.0.0.1:3007", alias="USERS_URL")
+    streaming_url: str = Field("http://127.0.0.1:8001", alias="STREAMING_URL")
+    notifications_url: str = Field("http://127.0.0.1:3004", alias="NOTIFICATIONS_URL")
+    gateway_upstreams: dict[str, str] = Field(default_factory=dict, alias="GATEWAY_UPSTREAMS")
+    gateway_routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES), alias="GATEWAY_ROUTES")
+    gateway_rate_limits: dict[str, RateLimit] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS), alias="GATEWAY_RATE_LIMITS"
+    )
+    upstream_connect_timeout_seconds: float = Field(2.0, alias="UPSTREAM_CONNECT_TIMEOUT_SECONDS", gt=0)
+    upstream_timeout_seconds: float = Field(30.0, alias="UPSTREAM_TIMEOUT_SECONDS", gt=0)
+    jwks_refresh_seconds: float = Field(300.0, alias="JWKS_REFRESH_SECONDS", gt=0)
+
     max_body_bytes: int = Field(1 << 20, alias="MAX_BODY_BYTES", ge=1024)
     # Graceful shutdown: after SIGTERM readiness fails at once; the listener keeps accepting
     # for `drain` seconds so load balancers notice, then in-flight work gets `timeout` seconds.
     shutdown_drain_seconds: float | None = Field(None, alias="SHUTDOWN_DRAIN_SECONDS", ge=0)
     shutdown_timeout_seconds: float = Field(25.0, alias="SHUTDOWN_TIMEOUT_SECONDS", ge=0)
     forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
+
+    @model_validator(mode="after")
+    def _routes_are_resolvable(self) -> Settings:
+        for route in self.routes:
+            if route.upstream not in self.upstreams:
+                raise ValueError(f"route {route.prefix} names unknown upstream {route.upstream!r}")
+            if route.limit not in self.gateway_rate_limits:
+                raise ValueError(f"route {route.prefix} names unknown rate-limit group {route.limit!r}")
+        return self
+
+    @property
+    def upstreams(self) -> dict[str, str]:
+        defaults = {"users": self.users_url, "streaming": self.streaming_url, "notifications": self.notifications_url}
+        return {**defaults, **self.gateway_upstreams}
+
+    @property
+    def routes(self) -> list[Route]:
+        """The gateway's route table: GATEWAY_ROUTES, or the defaults (plus development's)."""
+        if "gateway_routes" in self.model_fields_set or not self.is_development:
+            return self.gateway_routes
+        return self.gateway_routes + DEVELOPMENT_ROUTES
 
     @property
     def is_development(self) -> bool:
@@ -138,7 +212,7 @@ class Settings(BaseSettings):
                 found.append(f"{name} must be an https:// URL outside development (got {value!r})")
             elif any(m in value.lower() for m in ("localhost", "127.0.0.1")):
                 found.append(f"{name} must not point at localhost outside development")
-        if self.env == "production" and not self.stripe_publishable_key.startswith("pk_live_"):
+        if "billing" in services and self.env == "production" and not self.stripe_publishable_key.startswith("pk_live_"):
             found.append("STRIPE_PUBLISHABLE_KEY must be a live key (pk_live_…) in production")
         for service in services:
             for secret in SERVICE_SECRETS.get(service, ()):

@@ -1,0 +1,73 @@
+"""A stand-in upstream for gateway tests: echoes what it received, streams SSE, or never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from tests.support import eventually, free_port
+
+
+@dataclass
+class StubState:
+    streams_opened: int = 0
+    streams_closed: int = 0
+    requests: list[dict] = field(default_factory=list)
+
+
+def build_app(state: StubState) -> Starlette:
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        seen = {"method": request.method, "path": request.url.path, "query": request.url.query,
+                "headers": [[k, v] for k, v in request.headers.items()], "body": body.decode()}
+        state.requests.append(seen)
+        return JSONResponse(seen, headers={"Connection": "keep-alive", "X-Upstream": "stub"})
+
+    async def stream(request: Request) -> StreamingResponse:
+        state.streams_opened += 1
+
+        async def events():
+            try:
+                n = 0
+                while True:
+                    n += 1
+                    yield f"id: {n}\nevent: tick\ndata: {{\"n\": {n}}}\n\n"
+                    await asyncio.sleep(0.05)  # the stream's own pace, not a test wait
+            finally:
+                state.streams_closed += 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def hang(request: Request) -> JSONResponse:
+        await asyncio.Event().wait()  # an upstream that never answers
+        return JSONResponse({})
+
+    return Starlette(routes=[
+        Route("/v1/events/echo", echo, methods=["GET", "POST", "PUT", "DELETE"]),
+        Route("/v1/events/stream", stream),
+        Route("/v1/events/hang", hang),
+    ])
+
+
+class StubUpstream:
+    def __init__(self) -> None:
+        self.state = StubState()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off", timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        eventually(lambda: self.server.started, timeout=10, what="stub upstream to start")
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
