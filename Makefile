@@ -10,7 +10,7 @@ $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ProgNetwork needs Python 3.11 or newer (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[local,test,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[local,test,dev,deploy]"
 	@touch $@
 
 up: $(INSTALLED)
@@ -20,6 +20,16 @@ up: $(INSTALLED)
 test: $(INSTALLED)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# Build every service image and run each against this machine's PostgreSQL and Redis (podman).
+.PHONY: test-images
+test-images:
+	scripts/test-images.sh $(SERVICES)
+
+# Benchmarks print a ratio against a baseline measured in the same run (not part of `make test`).
+.PHONY: bench-gateway
+bench-gateway: $(INSTALLED)
+	$(BIN)/python bench/gateway.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests

@@ -114,6 +114,11 @@ def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | Non
     return service
 
 
+def http_text(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
 def request_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     import json
 
@@ -132,8 +137,11 @@ class DisposablePostgres:
     """A PostgreSQL server of the test's own, to stop and start again (embedded binaries)."""
 
     def __init__(self, directory: Path) -> None:
+        import logging
+
         import pgserver
 
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
         self.directory = directory
         self.server = pgserver.get_server(directory, cleanup_mode="stop")
         self.admin_url = self.server.get_uri()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prognetwork.users.keys import generate_pem, load_key
 from tests.conftest import unique_email
 from tests.stub_upstream import StubUpstream
-from tests.support import DisposableRedis, eventually, http_status, request_json, start_service
+from tests.support import DisposableRedis, eventually, http_status, http_text, request_json, start_service
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -222,7 +222,7 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
                                        {"email": "x@example.com", "password": "whatever you like"})
         assert status == 503 and problem["type"].endswith("/rate-limiter-unavailable")
         assert eventually(lambda: http_status(f"{gateway.url}/readiness") == 503)
-        _, metrics = _text(f"{gateway.url}/metrics")
+        metrics = http_text(f"{gateway.url}/metrics")
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="allowed"\} [1-9]', metrics)
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="refused"\} [1-9]', metrics)
         redis.start()
@@ -232,13 +232,6 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
     finally:
         gateway.stop()
         redis.stop()
-
-
-def _text(url: str) -> tuple[int, str]:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, response.read().decode()
 
 
 def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key):
@@ -300,7 +293,7 @@ def test_oversized_body_and_unknown_path(gateway):
 def test_gateway_metrics_label_routes_and_upstreams(gateway, database_url):
     session = register_and_login(gateway.url, database_url)
     request_json("GET", f"{gateway.url}/api/v1/users/me", headers=bearer(session["access_token"]))
-    _, metrics = _text(f"{gateway.url}/metrics")
+    metrics = http_text(f"{gateway.url}/metrics")
     assert re.search(r'requests_total\{method="GET",route="/api/v1/users/\*",service="gateway",status="200"\}', metrics)
     assert 'gateway_upstream_responses_total{status="200",upstream="users"}' in metrics
     assert "gateway_upstream_duration_seconds_bucket" in metrics

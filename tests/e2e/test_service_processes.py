@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from tests.conftest import unique_email
-from tests.support import eventually, http_status, request_json, start_service
+from tests.support import eventually, http_status, http_text, request_json, start_service
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -101,7 +101,7 @@ def test_tokens_and_passwords_never_reach_logs_or_metrics(service_env, tmp_path)
         assert status == 200
         request_json("POST", f"{users.url}/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]})
         for service in (users, notifications):
-            _, metrics = _get_text(service.url + "/metrics")
+            metrics = http_text(service.url + "/metrics")
             assert 'route="/v1/auth/register"' in metrics or service is notifications
             for secret in (token, PASSWORD, tokens["access_token"], tokens["refresh_token"]):
                 assert secret not in service.log(), f"{service.name} logged a secret"
@@ -111,20 +111,13 @@ def test_tokens_and_passwords_never_reach_logs_or_metrics(service_env, tmp_path)
         notifications.stop()
 
 
-def _get_text(url: str) -> tuple[int, str]:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, response.read().decode()
-
-
 def test_metrics_use_route_templates_and_count_errors(service_env, tmp_path):
     users = start_service("users", service_env, tmp_path)
     try:
         for i in range(5):
             http_status(f"{users.url}/v1/no-such-thing/{i}")
         request_json("GET", f"{users.url}/v1/users/me")
-        _, metrics = _get_text(users.url + "/metrics")
+        metrics = http_text(users.url + "/metrics")
         assert 'route="<unmatched>"' in metrics and "/v1/no-such-thing/3" not in metrics
         assert re.search(r'requests_total\{method="GET",route="/v1/users/me",service="users",status="401"\} 1\.0', metrics)
         assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/users/me"' in metrics

@@ -222,9 +222,12 @@ class ObservabilityMiddleware:
             labels = (self.service, scope["method"], getattr(route, "path", UNMATCHED_ROUTE), str(status))
             REQUEST_DURATION.labels(*labels).observe(elapsed)
             REQUESTS.labels(*labels).inc()
-            if status >= 500:
+            quiet = scope["path"] in QUIET_PATHS
+            # A probe's 503 (draining, dependency down) is a verdict, not a failed user request:
+            # counting it would make every rollout look like an error spike.
+            if status >= 500 and not quiet:
                 ERRORS.labels(*labels).inc()
-            if scope["path"] not in QUIET_PATHS:
+            if not quiet:
                 access_log.info(
                     "request", method=scope["method"], path=scope["path"], status=status,
                     duration_ms=round(elapsed * 1000, 2),

@@ -85,13 +85,16 @@ class KeyRing:
         self._loaded_from: str | None = None
         self._keys: list[SigningKey] = []
         self._by_kid: dict[str, SigningKey] = {}
+        self._development_text: str | None = None
 
     def _current(self) -> list[SigningKey]:
         secret = self.settings.secrets.get(SECRET_NAME)
         if secret is not None:
             text = secret.get_secret_value()
         elif self.settings.is_development:
-            text = _development_key(self.settings.state_dir)
+            if self._development_text is None:  # read once: the file never changes under a process
+                self._development_text = _development_key(self.settings.state_dir)
+            text = self._development_text
         else:
             raise MissingSecret(SECRET_NAME)
         if text != self._loaded_from:

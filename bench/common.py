@@ -1,0 +1,131 @@
+"""What the benchmarks share: throwaway databases, service processes, wrk runs, tool installs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get("BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def ensure_debian_packages(*packages_and_commands: tuple[str, str]) -> None:
+    """Install (package, command) pairs from Debian when the command is missing."""
+    missing = [pkg for pkg, cmd in packages_and_commands if shutil.which(cmd) is None and not Path(cmd).exists()]
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} from Debian…", file=sys.stderr)
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    subprocess.run(["apt-get", *lock, "update", "-qq"], check=True)
+    subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *missing], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    name = f"prog_bench_{uuid.uuid4().hex[:10]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    head, _, rest = ADMIN_URL.partition("://")
+    url = f"{head}://{rest.rsplit('/', 1)[0]}/{name}"
+    try:
+        subprocess.run([sys.executable, "-m", "prognetwork", "migrate"], env={**os.environ, "DATABASE_URL": url},
+                       check=True, capture_output=True)
+        yield url
+    finally:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+class Services:
+    """Service processes for one benchmark run, stopped together."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, **env, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+        self.processes: list[subprocess.Popen] = []
+        self.logs = Path(tempfile.mkdtemp(prefix="prog-bench-"))
+
+    def start(self, name: str, port: int, **env: str) -> str:
+        log = open(self.logs / f"{name}-{port}.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
+            env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: process.poll() is not None or http_ok(url + "/readiness"), what=f"{name} ready")
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited; see {self.logs}")
+        return url
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
+    """requests/s and latency percentiles (ms) from one wrk run."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        raise SystemExit(f"{url}: {non2xx.group(1)} non-2xx responses; the benchmark would measure errors\n{out}")
+
+    def percentile(p: str) -> float:
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rps, "p50_ms": percentile("50"), "p99_ms": percentile("99")}

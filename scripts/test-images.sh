@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Build every service image and run each one for real (podman, host networking) against
+# this machine's PostgreSQL and Redis: /health and /readiness answer 200, the image's own
+# HEALTHCHECK passes, the process runs as a non-root UID as PID 1 with a read-only root
+# filesystem, and SIGTERM stops it cleanly (exit 0 before `podman stop` would kill it).
+#
+#   scripts/test-images.sh                  # every service target in deploy/docker/Dockerfile
+#   scripts/test-images.sh users gateway    # only these
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+DOCKERFILE=deploy/docker/Dockerfile
+BASE_IMAGE=localhost/prognetwork/debian-python:bookworm
+PG_ADMIN_URL=${TEST_POSTGRES_ADMIN_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+REDIS_URL=redis://127.0.0.1:6379/14
+MAX_IMAGE_MB=${MAX_IMAGE_MB:-250}
+STOP_GRACE_SECONDS=10
+READY_TIMEOUT_SECONDS=60
+
+if (($#)); then
+    services=("$@")
+else
+    # Service targets are the stages built FROM the shared runtime stage.
+    mapfile -t services < <(sed -n 's/^FROM runtime AS \([a-z0-9_-]*\).*/\1/p' "$DOCKERFILE")
+fi
+
+scripts/install-container-tools.sh
+scripts/build-base-image.sh
+
+work=$(mktemp -d)
+database="prog_images_$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
+containers=()
+cleanup() {
+    local status=$?
+    for c in "${containers[@]}"; do podman rm --force --ignore --volumes "$c" >/dev/null 2>&1 || true; done
+    psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "test-images: FAIL: $*" >&2
+    exit 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+http_status() {
+    curl --silent --output /dev/null --max-time 3 --write-out '%{http_code}' "$1" || true
+}
+
+# Poll until URL answers 200, the container dies, or the deadline passes.
+wait_for_200() {
+    local container=$1 url=$2 deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
+    until [[ $(http_status "$url") == 200 ]]; do
+        if [[ $(podman inspect --format '{{.State.Running}}' "$container") != true ]]; then
+            podman logs "$container" 2>&1 | tail -n 30 >&2
+            fail "$container exited before $url answered 200"
+        fi
+        if ((SECONDS > deadline)); then
+            podman logs "$container" 2>&1 | tail -n 30 >&2
+            fail "$url did not answer 200 within ${READY_TIMEOUT_SECONDS}s (last: $(http_status "$url"))"
+        fi
+        sleep 0.2
+    done
+}
+
+# pip inside the build trusts the same certificate authorities as this machine.
+printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$work/pip.conf"
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+source_url=$(git remote get-url origin 2>/dev/null || echo unknown)
+
+declare -A build_seconds size_mb
+built=()
+skipped=0
+for svc in "${services[@]}"; do
+    grep -q "^FROM runtime AS $svc\$" "$DOCKERFILE" || fail "no target '$svc' in $DOCKERFILE"
+    if [[ ! -d src/prognetwork/$svc ]]; then
+        echo "test-images: SKIP $svc: src/prognetwork/$svc does not exist yet"
+        skipped=$((skipped + 1))
+        continue
+    fi
+    echo "test-images: building $svc"
+    t0=$SECONDS
+    podman build --quiet --format docker --network host --file "$DOCKERFILE" --target "$svc" \
+        --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$version" \
+        --build-arg REVISION="$revision" --build-arg SOURCE="$source_url" \
+        --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+        --volume "$work/pip.conf:/etc/pip.conf:ro" \
+        --tag "localhost/prognetwork/$svc:test" . >"$work/build-$svc.log" 2>&1 ||
+        { tail -n 40 "$work/build-$svc.log" >&2; fail "build of $svc"; }
+    build_seconds[$svc]=$((SECONDS - t0))
+    size_mb[$svc]=$(($(podman image inspect --format '{{.Size}}' "localhost/prognetwork/$svc:test") / 1000000))
+    built+=("$svc")
+done
+((${#built[@]})) || fail "no service image to test"
+
+psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE \"$database\"" >/dev/null
+database_url="postgresql://postgres@127.0.0.1:5432/$database"
+run_flags=(--network host --read-only -e PROG_ENV=development -e "DATABASE_URL=$database_url"
+    -e "REDIS_URL=$REDIS_URL" -e HOST=127.0.0.1 -e SHUTDOWN_DRAIN_SECONDS=1 -e LOG_FORMAT=json)
+
+# Migrations ship inside the package: `prog migrate` from an image brings the schema up.
+podman run --rm --no-healthcheck "${run_flags[@]}" "localhost/prognetwork/${built[0]}:test" prog migrate ||
+    fail "prog migrate in the ${built[0]} image"
+
+# All services run side by side, as they would deployed: the gateway is ready only once it
+# has the users service's signing keys (USERS_URL).
+declare -A port uid stop_seconds
+for svc in "${built[@]}"; do port[$svc]=$(free_port); done
+[[ -v port[users] ]] && run_flags+=(-e "USERS_URL=http://127.0.0.1:${port[users]}")
+
+for svc in "${built[@]}"; do
+    image="localhost/prognetwork/$svc:test"
+    name="prog-images-$svc-$$"
+    containers+=("$name")
+    echo "test-images: starting $svc on 127.0.0.1:${port[$svc]}"
+    [[ $(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image") == "$revision" ]] ||
+        fail "$svc: OCI revision label is not $revision"
+    podman run --rm --no-healthcheck --entrypoint sh "$image" -c \
+        '! command -v gcc && ! command -v cc && ! command -v pip && ! python -c "import pip" 2>/dev/null && ! test -e /root/.cache' \
+        >/dev/null || fail "$svc: runtime image contains a compiler, pip or a pip cache"
+    # podman's complaints about systemd timers (none on this machine) go to a file.
+    podman run --detach --name "$name" "${run_flags[@]}" -e "PORT=${port[$svc]}" "$image" >/dev/null 2>"$work/run-$svc.err" ||
+        { cat "$work/run-$svc.err" >&2; fail "$svc: podman run"; }
+done
+
+for svc in "${built[@]}"; do
+    name="prog-images-$svc-$$"
+    wait_for_200 "$name" "http://127.0.0.1:${port[$svc]}/health"
+    wait_for_200 "$name" "http://127.0.0.1:${port[$svc]}/readiness"
+    podman healthcheck run "$name" >/dev/null 2>&1 || fail "$svc: podman healthcheck run is not healthy"
+    # PID 1 of the container is `prog serve <svc>` itself (no shell between it and signals).
+    pid=$(podman inspect --format '{{.State.Pid}}' "$name")
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+    [[ $cmdline == *"bin/prog serve $svc "* ]] || fail "$svc: PID 1 is not 'prog serve $svc': $cmdline"
+    uid[$svc]=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+    ((uid[$svc] != 0)) || fail "$svc runs as root"
+    echo "test-images: $svc healthy and ready"
+done
+
+# Stopped in reverse order of start, so a service's dependencies outlive it.
+for ((i = ${#built[@]} - 1; i >= 0; i--)); do
+    svc=${built[i]}
+    name="prog-images-$svc-$$"
+    t0=$(date +%s%N)
+    podman stop --time "$STOP_GRACE_SECONDS" "$name" >/dev/null 2>>"$work/run-$svc.err"
+    stop_seconds[$svc]=$(awk -v ns=$(($(date +%s%N) - t0)) 'BEGIN {printf "%.1f", ns / 1e9}')
+    code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
+    # Into a file first: `grep -q` closing a pipe early would fail the pipeline (pipefail).
+    podman logs "$name" >"$work/$svc.log" 2>&1
+    # podman stop kills after the grace period, which would show as 137: 0 means a clean stop in time.
+    [[ $code == 0 ]] || { tail -n 20 "$work/$svc.log" >&2; fail "$svc: exit status $code after SIGTERM"; }
+    grep -q '"shutdown requested; draining"' "$work/$svc.log" || fail "$svc: no drain after SIGTERM in its log"
+    podman rm --volumes "$name" >/dev/null 2>>"$work/run-$svc.err"
+done
+
+
+printf '\n%-15s %8s %9s %5s %10s %6s\n' service "build s" "size MB" uid "stop s" result
+for svc in "${built[@]}"; do
+    printf '%-15s %8s %9s %5s %10s %6s\n' "$svc" "${build_seconds[$svc]}" "${size_mb[$svc]}" "${uid[$svc]}" \
+        "${stop_seconds[$svc]}" ok
+done
+for svc in "${built[@]}"; do
+    ((size_mb[$svc] <= MAX_IMAGE_MB)) || fail "$svc image is ${size_mb[$svc]} MB (limit $MAX_IMAGE_MB MB)"
+done
+echo "test-images: total time $((SECONDS - started))s"
+echo "test-images: ${#built[@]} passed, 0 failed$( ((skipped)) && echo ", $skipped skipped")"

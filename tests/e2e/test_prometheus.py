@@ -1,0 +1,284 @@
+"""A real Prometheus scraping the real services: every dashboard query and every rule returns data.
+
+Short scrape and evaluation intervals (1 s), the real rule files, the scrape jobs of local.yml
+pointed at the ports the services were started on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import unique_email
+from tests.deploy.test_monitoring_prometheus import (
+    PROMETHEUS,
+    alerts,
+    dashboard_exprs,
+    install_monitoring_tools,
+    load_rules,
+)
+from tests.support import DisposableRedis, eventually, free_port, http_status, request_json, start_service
+
+pytestmark = pytest.mark.e2e
+PASSWORD = "correct horse battery staple"
+STARTED = {"users", "notifications"}
+# Metrics only one service exports.
+OWNERS = {
+    "users": ("user_registrations_total", "user_logins_total", "user_token_refreshes_total", "events_appended_total"),
+    "notifications": ("events_consumed_total", "event_consumer_position", "event_consumer_failures_total",
+                      "emails_sent_total", "emails_failed_total"),
+}
+# Queries that cannot return data here, and why.
+NO_DATA_HERE = {
+    "emails_failed_total": "the development outbox never fails a delivery",
+    "event_consumer_failures_total": "needs a consumer batch to fail (PostgreSQL lost mid-batch)",
+    "backup_last_success_timestamp_seconds": "needs a component that does not exist yet: the backup job",
+}
+# Only users answered 5xx (its Redis was stopped): notifications has no errors_total series, so
+# the agreed error ratio has no sample for it: empty, never NaN.
+ERRORS_ONLY_FROM = {"users"}
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen
+
+    def query(self, expr: str) -> list[dict]:
+        body = self.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        return body["data"]["result"]
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body
+
+
+def start_prometheus(config: dict, directory: Path) -> Iterator[Prometheus]:
+    config_path = directory / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = open(directory / "prometheus.log", "wb")
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={config_path}", f"--storage.tsdb.path={directory / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
+    try:
+        eventually(lambda: process.poll() is not None or http_status(prometheus.url + "/-/ready") == 200,
+                   timeout=30, what="prometheus to become ready")
+        assert process.poll() is None, (directory / "prometheus.log").read_text()
+        yield prometheus
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+def local_config(ports: dict[str, int]) -> dict:
+    """local.yml with 1 s intervals, absolute rule paths and only the started services' jobs."""
+    config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(PROMETHEUS / pattern) for pattern in config["rule_files"]]
+    config.pop("alerting")
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] in ports]
+    for job in jobs:
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+    config["scrape_configs"] = jobs
+    return config
+
+
+@pytest.fixture(scope="module")
+def monitoring_tools() -> None:
+    install_monitoring_tools()
+
+
+def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
+    email = unique_email("metrics")
+    account = {"email": email, "password": PASSWORD, "name": "Metrics"}
+    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 201
+    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 409
+
+    def verification_token() -> str | None:
+        status, mails = request_json("GET", f"{notifications.url}/v1/dev/outbox?to={email}")
+        links = [re.search(r"token=([\w-]+)", mail["text"]) for mail in mails or []]
+        return next((link.group(1) for link in links if link), None)
+
+    token = eventually(verification_token, timeout=20, what="the verification email")
+    assert request_json("POST", f"{users.url}/v1/auth/verify-email", {"token": token})[0] == 200
+    assert request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": "wrong password!"})[0] == 401
+    status, tokens = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert status == 200
+    status, _ = request_json("POST", f"{users.url}/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]})
+    assert status == 200
+    assert request_json("GET", f"{users.url}/v1/users/me", headers={"Authorization": "Bearer nonsense"})[0] == 401
+    assert http_status(f"{users.url}/no/such/path") == 404
+    # What the kubelet's readiness probes would do.
+    assert http_status(f"{notifications.url}/readiness") == 200
+
+    # 5xx: the user service's Redis goes away, then comes back.
+    redis.stop()
+    assert eventually(lambda: http_status(f"{users.url}/readiness") == 503, timeout=10)
+    status, _ = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert status == 503
+    redis.start()
+    eventually(lambda: http_status(f"{users.url}/readiness") == 200, timeout=15, what="users ready again")
+
+
+def expected_services(expr: str) -> set[str]:
+    for service, metrics in OWNERS.items():
+        if any(metric in expr for metric in metrics):
+            return {service}
+    if "errors_total" in expr or "service:request_error_ratio:rate5m" in expr:
+        return ERRORS_ONLY_FROM
+    return STARTED
+
+
+def no_data_reason(expr: str) -> str | None:
+    return next((reason for needle, reason in NO_DATA_HERE.items() if needle in expr), None)
+
+
+def as_signal(expr: str) -> str:
+    """The alert's expression with each threshold comparison made `bool`: a 0/1 per series, so
+    a quiet alert still shows which series (and `service` labels) it watches."""
+    return re.sub(r"(==|>)\s*(?=\(?\s*[\d.])", r"\1 bool ", expr)
+
+
+def assert_answers(prometheus: Prometheus, expr: str, what: str) -> None:
+    """`expr` evaluates without NaN; unless listed in NO_DATA_HERE, it returns a series for
+    every service expected, and every series it returns names a started service."""
+    reason = no_data_reason(expr)
+    expected = set() if reason else expected_services(expr)
+
+    last: list[dict] = []
+
+    def services() -> set[str] | None:
+        result = last[:] = prometheus.query(expr)
+        assert not any(math.isnan(float(sample["value"][1])) for sample in result), f"{what}: NaN in {result}"
+        found = {sample["metric"].get("service") for sample in result}
+        return (found,) if found >= expected else None
+
+    (found,) = eventually(services, timeout=20, interval=0.5,
+                          what=f"{what} to return {expected}: {expr} (last answer: {last})")
+    assert found <= STARTED, f"{what}: series without the `service` label of a started service: {found}"
+
+
+def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
+    monitoring_tools, service_env, tmp_path
+):
+    (tmp_path / "users-redis").mkdir()
+    redis = DisposableRedis(tmp_path / "users-redis")
+    users = start_service("users", {**service_env, "REDIS_URL": redis.url}, tmp_path)
+    notifications = start_service("notifications", service_env, tmp_path)
+    prometheus_dir = tmp_path / "prometheus"
+    prometheus_dir.mkdir()
+    started = start_prometheus(local_config({"users": users.port, "notifications": notifications.port}), prometheus_dir)
+    try:
+        prometheus = next(started)
+        eventually(lambda: {s["metric"]["job"] for s in prometheus.query("up == 1")} == STARTED,
+                   timeout=20, what="both services scraped")
+        # Twice: a counter's first sample is its first increment, so rate() sees growth only
+        # from what happens after Prometheus has scraped it once.
+        drive_traffic(users, notifications, redis)
+        eventually(lambda: prometheus.query('user_token_refreshes_total') and prometheus.query('errors_total')
+                   and prometheus.query('requests_total{service="notifications",route="/v1/dev/outbox"}'),
+                   timeout=20, what="the first round scraped from both services")
+        drive_traffic(users, notifications, redis)
+
+        for dashboard, panel, expr in dashboard_exprs():
+            assert_answers(prometheus, expr, f"{dashboard} / {panel}")
+        for rule in load_rules():
+            if "record" in rule:
+                assert_answers(prometheus, rule["record"], f"recording rule {rule['record']}")
+        for rule in alerts():
+            if "absent(" in rule["expr"]:
+                # Answers exactly for what is missing here: the gateway and the backup job.
+                missing = rule["labels"]["service"] not in STARTED
+                assert bool(prometheus.query(rule["expr"])) == missing, rule
+            else:
+                assert_answers(prometheus, as_signal(rule["expr"]), f"alert {rule['alert']}")
+
+        # Every rule evaluates without error.
+        groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+        broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
+        assert broken == []
+
+        # One service stops: ServiceDown goes pending for it alone.
+        users.stop(signal.SIGTERM)
+
+        def down() -> set[str]:
+            active = prometheus.get("/api/v1/alerts")["data"]["alerts"]
+            return {a["labels"]["service"] for a in active
+                    if a["labels"]["alertname"] == "ServiceDown" and a["state"] == "pending"}
+
+        assert eventually(down, timeout=30, interval=0.5, what="ServiceDown pending for users") == {"users"}
+    finally:
+        started.close()
+        users.stop()
+        notifications.stop()
+        redis.stop()
+
+
+def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitoring_tools, tmp_path):
+    """prometheus.yml's relabelling run by Prometheus itself, on pods described as the Kubernetes
+    discovery would (file discovery stands in: Debian's build has no Kubernetes discovery)."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config.pop("alerting")
+    config["rule_files"] = []
+    (job,) = config["scrape_configs"]
+    job.pop("kubernetes_sd_configs")
+    job["file_sd_configs"] = [{"files": [str(tmp_path / "pods.json")]}]
+
+    def pod(name: str, app: str, ip: str, annotations: dict[str, str], phase: str = "Running") -> dict:
+        labels = {
+            "__address__": f"{ip}:9999",
+            "__meta_kubernetes_namespace": "prog-production",
+            "__meta_kubernetes_pod_name": name,
+            "__meta_kubernetes_pod_ip": ip,
+            "__meta_kubernetes_pod_phase": phase,
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name": app,
+        }
+        labels |= {f"__meta_kubernetes_pod_annotation_prometheus_io_{k}": v for k, v in annotations.items()}
+        return {"targets": [labels.pop("__address__")], "labels": labels}
+
+    scrape = {"scrape": "true", "port": "3007", "path": "/metrics"}
+    pods = [
+        pod("user-service-a", "user-service", "10.1.0.1", scrape),
+        pod("notification-service-a", "notification-service", "10.1.0.2", {**scrape, "port": "3004"}),
+        pod("api-gateway-a", "api-gateway", "10.1.0.3", {**scrape, "port": "8000"}),
+        pod("user-service-old", "user-service", "10.1.0.4", scrape, phase="Succeeded"),
+        pod("unannotated", "redis", "10.1.0.5", {}),
+    ]
+    (tmp_path / "pods.json").write_text(json.dumps(pods))
+    started = start_prometheus(config, tmp_path)
+    try:
+        prometheus = next(started)
+
+        def active() -> dict[str, tuple[str, str]] | None:
+            targets = prometheus.get("/api/v1/targets?state=active")["data"]["activeTargets"]
+            return {t["labels"]["pod"]: (t["labels"]["job"], t["scrapeUrl"]) for t in targets} or None
+
+        assert eventually(active, timeout=20, interval=0.2) == {
+            "user-service-a": ("users", "http://10.1.0.1:3007/metrics"),
+            "notification-service-a": ("notifications", "http://10.1.0.2:3004/metrics"),
+            "api-gateway-a": ("gateway", "http://10.1.0.3:8000/metrics"),
+        }
+    finally:
+        started.close()
