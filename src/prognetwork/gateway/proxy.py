@@ -19,9 +19,9 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from yarl import URL
 
-from prognetwork.gateway.jwks import Jwks
 from prognetwork.gateway.ratelimit import Decision, RateLimiter
 from prognetwork.kit import tokens
+from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
 from prognetwork.kit.settings import Settings
 

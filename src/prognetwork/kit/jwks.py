@@ -1,4 +1,5 @@
-"""The user service's public keys, held locally: tokens are verified with no call per request.
+"""The user service's public keys, held locally by any service that verifies access tokens
+(the gateway, the streaming service): no call to the user service per request.
 
 Keys are fetched at start-up, refreshed periodically, and refetched when a token names a key
 id we do not know (a rotation). Those refetches draw from a small token bucket (a burst of
@@ -20,10 +21,10 @@ from prometheus_client import Counter
 from prognetwork.kit import tokens
 from prognetwork.kit.events import wait_for
 
-log = structlog.get_logger("prognetwork.gateway.jwks")
+log = structlog.get_logger("prognetwork.jwks")
 REFETCH_BURST = 3.0
 REFETCH_EVERY_SECONDS = 10.0
-JWKS_FETCHES = Counter("gateway_jwks_fetches", "Fetches of the user service's key set.", ("outcome",))
+JWKS_FETCHES = Counter("jwks_fetches", "Fetches of the user service's key set.", ("outcome",))
 
 
 class Jwks:
