@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -66,12 +69,17 @@ def serve(
         for problem in problems:
             err.print(f"[bold red]refusing to start ({settings.env}):[/] {problem}", highlight=False)
         raise typer.Exit(2)
+    from prognetwork.kit import tracing
     from prognetwork.kit.app import configure_logging
     from prognetwork.kit.server import serve as run_server
 
     configure_logging(service, settings)
+    tracing.configure(service)  # before the app exists, so its clients are instrumented
     module = importlib.import_module(f"prognetwork.{service}.app")
-    run_server(module.create_app(settings), settings, host, port or SERVICE_PORTS[service])
+    try:
+        run_server(module.create_app(settings), settings, host, port or SERVICE_PORTS[service])
+    finally:
+        tracing.shutdown()
 
 
 @app.command()
@@ -112,6 +120,9 @@ def up(
     port_offset: Annotated[
         int, typer.Option(envvar="PROG_PORT_OFFSET", help="Added to every service port (run two stacks side by side)")
     ] = 0,
+    with_monitoring: Annotated[
+        bool, typer.Option("--with-monitoring", help="Also run Prometheus (with the alert rules) scraping every service")
+    ] = False,
 ) -> None:
     """Run the whole platform on this machine, in the foreground; Ctrl-C stops it."""
     names = [_check_service(s) for s in services] if services else list(SERVICE_PORTS)
@@ -149,12 +160,17 @@ def up(
         for name in names:
             children[name] = _spawn(name, ports[name], env)
         _wait_ready(ports, children)
+        if with_monitoring:
+            prometheus_url, stop_prometheus = _start_prometheus(ports, state, port_offset)
+            stoppers.append(stop_prometheus)
         table = Table(title="ProgNetwork is up", show_header=True)
         table.add_column("service")
         table.add_column("URL")
         for name in names:
             table.add_row(name, f"http://127.0.0.1:{ports[name]}")
         out.print(table)
+        if with_monitoring:
+            out.print(f"Prometheus (alert rules loaded): {prometheus_url}")
         if "gateway" in ports:
             out.print(f"Clients use the gateway: http://127.0.0.1:{ports['gateway']}/api/v1/…")
         out.print("Ctrl-C stops everything.")
@@ -169,6 +185,43 @@ def up(
             stop()
         if stopping:
             out.print("stopped.")
+
+
+MONITORING_CONFIG = Path("deploy/monitoring/prometheus/local.yml")
+MONITORING_TOOLS = Path("scripts/install-monitoring-tools.sh")
+
+
+def _start_prometheus(ports: dict[str, int], state: Path, offset: int) -> tuple[str, Callable[[], None]]:
+    """Prometheus on this machine with the repository's rules, scraping the ports in use."""
+    import yaml
+
+    if not MONITORING_CONFIG.exists():
+        raise fail(f"--with-monitoring needs {MONITORING_CONFIG}: run `prog up` from the repository root")
+    if shutil.which("prometheus") is None:
+        subprocess.run(["sh", str(MONITORING_TOOLS)], check=True)
+    config = yaml.safe_load(MONITORING_CONFIG.read_text())
+    config["rule_files"] = [str((MONITORING_CONFIG.parent / p).resolve()) for p in config.get("rule_files", [])]
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in ports]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+    directory = state / "prometheus"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    address = f"127.0.0.1:{9090 + offset}"
+    process = subprocess.Popen(
+        ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
+         f"--web.listen-address={address}"],
+        stdout=open(directory / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    return f"http://{address}", stop
 
 
 def _spawn(name: str, port: int, env: dict[str, str]) -> subprocess.Popen:

@@ -18,11 +18,11 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
 
 
-def start_up(state_dir, offset: int, log_path) -> subprocess.Popen:
+def start_up(state_dir, offset: int, log_path, *args: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PROG_ENV")}
     env.update(PROG_STATE_DIR=str(state_dir), PROG_PORT_OFFSET=str(offset), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "prognetwork", "up"], env=env, cwd=ROOT,
+        [sys.executable, "-m", "prognetwork", "up", *args], env=env, cwd=ROOT,
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
     )
 
@@ -43,7 +43,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     notifications = f"http://127.0.0.1:{3004 + offset}"
     log_path = tmp_path / "up.log"
     state = tmp_path / "state"
-    up = start_up(state, offset, log_path)
+    up = start_up(state, offset, log_path, "--with-monitoring")
     try:
         eventually(lambda: up.poll() is not None or "ProgNetwork is up" in log_path.read_text(errors="replace"),
                    timeout=120, what="prog up to report the platform up")
@@ -52,6 +52,17 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         assert gateway in output and users in output and notifications in output  # prints every service URL
         for url in (gateway, users, notifications):
             assert http_status(url + "/readiness") == 200
+        # --with-monitoring: a real Prometheus, with the rules, scraping every service.
+        prometheus = f"http://127.0.0.1:{9090 + offset}"
+        assert prometheus in output
+
+        def scraped() -> set[str]:
+            targets = request_json("GET", prometheus + "/api/v1/targets")[1]["data"]["activeTargets"]
+            return {t["labels"]["job"] for t in targets if t["health"] == "up"}
+
+        assert eventually(lambda: scraped() >= {"gateway", "users", "notifications"}, timeout=60, interval=0.5)
+        rules = request_json("GET", prometheus + "/api/v1/rules")[1]["data"]["groups"]
+        assert any(r["name"] == "ServiceDown" for g in rules for r in g["rules"])
 
         # The README's flow, through the gateway's port only.
         email = unique_email("newcomer")
@@ -66,6 +77,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     assert code == 0, log_path.read_text()[-3000:]
     for url in (gateway, users, notifications):
         assert http_status(url + "/health") is None
+    assert http_status(f"http://127.0.0.1:{9090 + offset}/-/healthy") is None
 
     # A second `prog up` finds the same data.
     up = start_up(state, offset, log_path)

@@ -35,7 +35,8 @@ PASSWORD = "correct horse battery staple"
 STARTED = {"users", "notifications"}
 # Metrics only one service exports.
 OWNERS = {
-    "users": ("user_registrations_total", "user_logins_total", "user_token_refreshes_total", "events_appended_total"),
+    "users": ("user_registrations_total", "user_logins_total", "user_token_refreshes_total", "events_appended_total",
+              "redis_pool_connections"),
     "notifications": ("events_consumed_total", "event_consumer_position", "event_consumer_failures_total",
                       "emails_sent_total", "emails_failed_total"),
 }

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from prognetwork.gateway.proxy import Proxy
+from prognetwork.kit import tracing
 from prognetwork.kit.app import ObservabilityMiddleware, Runtime, create_service_app
 from prognetwork.kit.settings import Settings
 
@@ -23,7 +24,9 @@ class Gateway:
     def __init__(self, ops: FastAPI, proxy: Proxy, settings: Settings) -> None:
         self.ops = ops
         self.proxy = proxy
-        self.proxied = ObservabilityMiddleware(proxy, service=SERVICE, max_body_bytes=settings.max_body_bytes)
+        self.proxied = tracing.asgi(
+            ObservabilityMiddleware(proxy, service=SERVICE, max_body_bytes=settings.max_body_bytes)
+        )
         self.state = ops.state  # the server's graceful shutdown reaches the runtime through here
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from prognetwork.gateway.ratelimit import Decision, RateLimiter
-from prognetwork.kit import tokens
+from prognetwork.kit import tokens, tracing
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
 from prognetwork.kit.settings import Settings
@@ -46,7 +46,7 @@ SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-EVENT_STREAM = b"text/event-stream"
+TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 UPSTREAM_LATENCY = Histogram(
     "gateway_upstream_duration_seconds", "Time until an upstream's response headers arrive.", ("upstream",),
@@ -223,7 +223,9 @@ def _upstream_headers(
             if name == b"host":
                 host = value.decode("latin-1")
             continue
-        if name == b"traceparent":
+        if name in TRACE_HEADERS:
+            if tracing.enabled():
+                continue  # the client instrumentation injects this request's own span context
             traceparent = value
         outgoing.append((name.decode("latin-1"), value.decode("latin-1")))
     # The client address as the server determined it (X-Forwarded-For is honoured only from
@@ -233,7 +235,7 @@ def _upstream_headers(
     if host:
         outgoing.append(("X-Forwarded-Host", host))
     outgoing.append(("X-Request-ID", scope.get("prog.request_id", "")))
-    if traceparent is None:
+    if traceparent is None and not tracing.enabled():
         # Start a W3C trace here, so every upstream log line can be joined to this request.
         outgoing.append(("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"))
     if claims is not None:

@@ -23,10 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from prognetwork.kit import db, migrations, problems
+from prognetwork.kit import db, migrations, problems, tracing
 from prognetwork.kit import logging as kit_logging
 from prognetwork.kit.cache import create_redis
-from prognetwork.kit.metrics import ERRORS, REQUEST_DURATION, REQUESTS, UNMATCHED_ROUTE
+from prognetwork.kit.metrics import ERRORS, REQUEST_DURATION, REQUESTS, UNMATCHED_ROUTE, watch_pools
 from prognetwork.kit.settings import SERVICE_DEPENDENCIES, Settings
 
 access_log = structlog.get_logger("prognetwork.access")
@@ -81,8 +81,10 @@ def create_service_app(
             runtime.engine = db.create_engine(settings.database_dsn, settings.db_pool_size)
             runtime.sessions = db.sessionmaker(runtime.engine)
             runtime.expected_revision = migrations.head_revision()
+            tracing.instrument_engine(runtime.engine)
         if "redis" in needs:
             runtime.redis = create_redis(settings.redis_dsn)
+        watch_pools(service, runtime.engine, runtime.redis)
         runtime.stop.clear()
         for hook in startup:
             await hook(runtime)
@@ -123,6 +125,12 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     app.add_middleware(ObservabilityMiddleware, service=service, max_body_bytes=settings.max_body_bytes)
+    if tracing.enabled():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="/health,/readiness,/metrics", exclude_spans=["receive", "send"]
+        )
     return app
 
 
@@ -146,7 +154,8 @@ async def check_dependencies(
 
     async def run(name: str) -> str:
         try:
-            return await asyncio.wait_for(probes[name](), CHECK_TIMEOUT)
+            with tracing.untraced():
+                return await asyncio.wait_for(probes[name](), CHECK_TIMEOUT)
         except TimeoutError:
             return "unreachable (timed out)"
         except Exception as exc:  # any failure means "not ready"; say which

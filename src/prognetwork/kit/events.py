@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from prognetwork.kit import tracing
 from prognetwork.kit.db import Base
 
 CHANNEL = "prog_events"
@@ -103,6 +104,8 @@ async def append(
     """Append an event in the caller's transaction; call it last, just before commit."""
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY})
     event_id = uuid.uuid4()
+    if trace_context is None:
+        trace_context = tracing.current_traceparent()  # consumers continue this request's trace
     row = (
         await session.execute(
             insert(events)
@@ -210,7 +213,11 @@ class Consumer:
             rows = (await session.execute(self._fetch, params)).mappings().all()
             for row in rows:
                 event = Event(**{k: v for k, v in row.items() if k != "head"})
-                await self.handler(session, event)
+                with tracing.continued(
+                    f"handle {event.type}", event.trace_context,
+                    **{"messaging.consumer.group.name": self.name, "prognetwork.event.seq": event.seq},
+                ):
+                    await self.handler(session, event)
                 EVENTS_CONSUMED.labels(self.name, event.type).inc()
             if not rows:
                 return 0

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from prognetwork.kit.tracing import log_ids
+
 # Keys whose values are never written to a log, whatever logs them.
 REDACTED_KEYS = frozenset(
     {"password", "token", "access_token", "refresh_token", "authorization", "secret", "api_key", "cookie"}
@@ -37,6 +39,7 @@ def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        log_ids,
         _redact,
     ]
     renderer = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 LABELS = ("service", "method", "route", "status")
 
@@ -16,3 +18,22 @@ ERRORS = Counter("errors", "HTTP requests answered with a 5xx status.", LABELS)
 
 # Paths that match no route share one label so scanners cannot grow the series count.
 UNMATCHED_ROUTE = "<unmatched>"
+
+DB_POOL = Gauge("db_pool_connections", "PostgreSQL pool connections by state.", ("service", "state"))
+REDIS_POOL = Gauge("redis_pool_connections", "Redis pool connections by state.", ("service", "state"))
+
+
+def watch_pools(service: str, engine: Any | None, redis: Any | None) -> None:
+    """Pool gauges read at scrape time (nothing is counted on the request path)."""
+    if engine is not None:
+        pool = engine.pool
+        DB_POOL.labels(service, "checked_out").set_function(pool.checkedout)
+        DB_POOL.labels(service, "idle").set_function(pool.checkedin)
+        DB_POOL.labels(service, "overflow").set_function(lambda: max(0, pool.overflow()))
+    if redis is not None:
+        connections = redis.connection_pool
+        # redis-py keeps these as private sets/lists; absent in another version means 0, not a crash.
+        REDIS_POOL.labels(service, "in_use").set_function(
+            lambda: len(getattr(connections, "_in_use_connections", ())))
+        REDIS_POOL.labels(service, "idle").set_function(
+            lambda: len(getattr(connections, "_available_connections", ())))
