@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
     redis_url: SecretStr | None = Field(None, alias="REDIS_URL")
-    db_pool_size: int = Field(10, alias="DB_POOL_SIZE", ge=1, le=200)
+    db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
 
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", alias="LOG_FORMAT")
