@@ -31,6 +31,10 @@ test-images:
 bench-gateway: $(INSTALLED)
 	$(BIN)/python bench/gateway.py
 
+.PHONY: bench-streaming
+bench-streaming: $(INSTALLED)
+	$(BIN)/python bench/streaming.py
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests
 

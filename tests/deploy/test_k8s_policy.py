@@ -10,7 +10,7 @@ import pytest
 
 from tests.deploy.conftest import K8S_DIR, K8S_OVERLAYS
 
-SERVICES = {"user-service": 3007, "notification-service": 3004, "api-gateway": 8000}
+SERVICES = {"user-service": 3007, "notification-service": 3004, "api-gateway": 8000, "event-streaming": 8001}
 ROLLOUTS = {"user-service", "api-gateway"}
 ENV_OVERLAYS = ["development", "staging", "production"]
 WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
@@ -248,15 +248,20 @@ DATA = "cidr:10.0.0.0/16"
 EXPECTED_PATHS = {
     "api-gateway": {
         "ingress": {("ns:envoy-gateway-system,ingress-nginx/*", "8000")} | PROMETHEUS,
-        "egress": DNS | {("pod:user-service", "3007"), (DATA, "6379")},
+        "egress": DNS | {("pod:user-service", "3007"), ("pod:event-streaming", "8001"), (DATA, "6379")},
     },
     "user-service": {
-        "ingress": {("pod:api-gateway", "3007")} | PROMETHEUS,
+        # The streaming service fetches the key set to verify tokens itself.
+        "ingress": {("pod:api-gateway", "3007"), ("pod:event-streaming", "3007")} | PROMETHEUS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379")},
     },
     "notification-service": {
         "ingress": PROMETHEUS,
         "egress": DNS | {(DATA, "5432"), ("internet", "443")},
+    },
+    "event-streaming": {
+        "ingress": {("pod:api-gateway", "8001")} | PROMETHEUS,
+        "egress": DNS | {(DATA, "5432"), ("pod:user-service", "3007")},
     },
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
 }
@@ -312,7 +317,8 @@ def test_secrets_are_never_committed_outside_development(env):
 
 def test_secret_files_are_mounted_per_service(rendered):
     _, objects = rendered
-    files = {"user-service": ["JWT_SIGNING_KEYS"], "notification-service": ["SENDGRID_API_KEY"], "api-gateway": []}
+    files = {"user-service": ["JWT_SIGNING_KEYS"], "notification-service": ["SENDGRID_API_KEY"], "api-gateway": [],
+             "event-streaming": []}
     for name, keys in files.items():
         workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
         volumes = [v["secret"] for v in pod_spec(workload).get("volumes", ()) if "secret" in v]

@@ -20,7 +20,7 @@ RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 K8S = ROOT / "deploy" / "k8s"
 TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")  # Debian's binary names
-SERVICE_JOBS = {"users", "notifications", "gateway"}
+SERVICE_JOBS = {"users", "notifications", "gateway", "streaming"}
 ERROR_RATIO = (
     "sum by (service) (rate(errors_total[5m])) / (sum by (service) (rate(requests_total[5m])) > 0)"
 )
@@ -107,7 +107,8 @@ def test_kubernetes_config_discovers_pods_never_a_service_vip():
 def test_local_config_scrapes_every_service_on_its_port():
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets == {"users": ["127.0.0.1:3007"], "notifications": ["127.0.0.1:3004"], "gateway": ["127.0.0.1:8000"]}
+    assert targets == {"users": ["127.0.0.1:3007"], "notifications": ["127.0.0.1:3004"], "gateway": ["127.0.0.1:8000"],
+                       "streaming": ["127.0.0.1:8001"]}
 
 
 @pytest.mark.skipif(not (K8S / "base").is_dir(), reason="deploy/k8s/base does not exist yet")
@@ -223,7 +224,9 @@ def test_every_quantile_aggregates_buckets_by_le_and_service():
     quantiles = [e for _, _, e in dashboard_exprs() if "histogram_quantile" in e]
     assert quantiles
     for expr in quantiles:
-        assert "sum by (le, service) (rate(http_request_duration_seconds_bucket[5m]))" in expr, expr
+        # Server-Sent Events last as long as the client stays: not request latency.
+        assert 'sum by (le, service) (rate(http_request_duration_seconds_bucket{route!~".*/events/stream.*"}[5m]))' \
+            in expr, expr
 
 
 def test_every_dashboard_query_is_valid_promql(monitoring_tools, tmp_path):

@@ -45,6 +45,7 @@ NO_DATA_HERE = {
     "emails_failed_total": "the development outbox never fails a delivery",
     "event_consumer_failures_total": "needs a consumer batch to fail (PostgreSQL lost mid-batch)",
     "backup_last_success_timestamp_seconds": "needs a component that does not exist yet: the backup job",
+    "stream_": "the streaming service's own metrics; tests/integration/test_streaming.py checks their export",
 }
 # Only users answered 5xx (its Redis was stopped): notifications has no errors_total series, so
 # the agreed error ratio has no sample for it: empty, never NaN.
@@ -143,6 +144,12 @@ def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
     eventually(lambda: http_status(f"{users.url}/readiness") == 200, timeout=15, what="users ready again")
 
 
+def analysis_query() -> str:
+    path = Path(__file__).resolve().parents[2] / "deploy/k8s/base/error-rate-analysis.yaml"
+    template = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "AnalysisTemplate")
+    return template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+
+
 def expected_services(expr: str) -> set[str]:
     for service, metrics in OWNERS.items():
         if any(metric in expr for metric in metrics):
@@ -215,6 +222,14 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
                 assert bool(prometheus.query(rule["expr"])) == missing, rule
             else:
                 assert_answers(prometheus, as_signal(rule["expr"]), f"alert {rule['alert']}")
+
+        # The canary analysis asks this Prometheus the same question the alert does, and gets the
+        # same answer (Argo Rollouts substitutes {{args.service}}; here: users, which had 5xx).
+        analysis = analysis_query().replace("{{args.service}}", "users")
+        judged = eventually(lambda: prometheus.query(analysis), timeout=20, what="the analysis query answers")
+        alerted = prometheus.query('service:request_error_ratio:rate5m{service="users"}')
+        assert [s["metric"]["service"] for s in judged] == ["users"]
+        assert abs(float(judged[0]["value"][1]) - float(alerted[0]["value"][1])) < 0.05
 
         # Every rule evaluates without error.
         groups = prometheus.get("/api/v1/rules")["data"]["groups"]

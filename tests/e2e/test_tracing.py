@@ -86,8 +86,10 @@ def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tm
                 has_sql = any(s["attributes"].get("db.system") == "postgresql" or
                               s["attributes"].get("db.system.name") == "postgresql" for s in spans
                               if s["service"] == "users")
-                has_consumer = any(s["name"] == "handle user.email_verification_requested" for s in spans
-                                   if s["service"] == "notifications")
+                ids = {s["span_id"] for s in spans}
+                # The consumer's parent (the user service's span) may be exported a moment later.
+                has_consumer = any(s["name"] == "handle user.email_verification_requested" and s["parent"] in ids
+                                   for s in spans if s["service"] == "notifications")
                 if {"gateway", "users", "notifications"} <= services and has_sql and has_consumer:
                     return spans
             return None

@@ -62,6 +62,7 @@ events = Table(
     Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_events_type_seq", "type", "seq"),
     Index("ix_events_user_id_seq", "user_id", "seq"),
+    Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
 )
 
 consumer_cursors = Table(

@@ -25,6 +25,7 @@ SERVICE_PORTS: dict[str, int] = {
     "gateway": 8000,
     "users": 3007,
     "notifications": 3004,
+    "streaming": 8001,
 }
 
 # What each service needs from the outside world, for readiness and for validation.
@@ -32,6 +33,7 @@ SERVICE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "users": frozenset({"postgres", "redis"}),
     "notifications": frozenset({"postgres"}),
     "gateway": frozenset({"redis"}),
+    "streaming": frozenset({"postgres"}),
 }
 
 # Secrets each service reads through the secrets provider (never from plain settings).
@@ -71,7 +73,8 @@ DEFAULT_ROUTES = [
     Route(prefix="/api/v1/auth/verify-email", upstream="users", public=True, limit="auth"),
     Route(prefix="/api/v1/auth", upstream="users"),
     Route(prefix="/api/v1/users", upstream="users"),
-    Route(prefix="/api/v1/events", upstream="streaming", stream=True),
+    Route(prefix="/api/v1/events/stream", upstream="streaming", stream=True),
+    Route(prefix="/api/v1/events", upstream="streaming"),
     Route(prefix="/.well-known/jwks.json", upstream="users", public=True, limit="anonymous", strip_prefix=""),
 ]
 # Development only: the email outbox, so a newcomer needs nothing but the gateway's port.
@@ -137,6 +140,14 @@ class Settings(BaseSettings):
     jwks_refresh_seconds: float = Field(300.0, alias="JWKS_REFRESH_SECONDS", gt=0)
 
     max_body_bytes: int = Field(1 << 20, alias="MAX_BODY_BYTES", ge=1024)
+
+    # Event streaming: SSE keep-alive comments, frames a subscriber may fall behind before it is
+    # cut off, largest payload a producer may publish, and the poll behind LISTEN/NOTIFY.
+    stream_heartbeat_seconds: float = Field(15.0, alias="STREAM_HEARTBEAT_SECONDS", gt=0)
+    stream_queue_limit: int = Field(1000, alias="STREAM_QUEUE_LIMIT", ge=1)
+    stream_max_payload_bytes: int = Field(64 * 1024, alias="STREAM_MAX_PAYLOAD_BYTES", ge=1)
+    stream_poll_seconds: float = Field(2.0, alias="STREAM_POLL_SECONDS", gt=0)
+
     # Graceful shutdown: after SIGTERM readiness fails at once; the listener keeps accepting
     # for `drain` seconds so load balancers notice, then in-flight work gets `timeout` seconds.
     shutdown_drain_seconds: float | None = Field(None, alias="SHUTDOWN_DRAIN_SECONDS", ge=0)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import prognetwork.kit.events  # noqa: F401  (registers its tables)
 import prognetwork.notifications.models  # noqa: F401
+import prognetwork.streaming.models  # noqa: F401
 import prognetwork.users.models  # noqa: F401
 from prognetwork.kit.db import Base, sqlalchemy_url
 from prognetwork.kit.settings import Settings

@@ -1,0 +1,97 @@
+"""HTTP routes of the streaming service: the SSE stream, polling, and publishing."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi.responses import Response
+
+from prognetwork.kit.app import runtime_of
+from prognetwork.kit.events import wait_for
+from prognetwork.kit.problems import Problem
+from prognetwork.streaming.hub import Hub
+from prognetwork.streaming.publish import TYPE_PATTERN, PublishIn, check_key, publish
+from prognetwork.streaming.stream import EventStream, fetch_visible
+from prognetwork.streaming.visibility import Viewer, authenticate
+
+router = APIRouter(tags=["events"])
+Caller = Annotated[Viewer, Depends(authenticate)]
+TYPE = re.compile(TYPE_PATTERN)
+MAX_TYPES = 50
+MAX_POLL = 500
+READY_WAIT_SECONDS = 5.0
+
+
+def parse_types(types: str | None) -> frozenset[str] | None:
+    if types is None:
+        return None
+    names = frozenset(t.strip() for t in types.split(",") if t.strip())
+    bad = sorted(t for t in names if len(t) > 200 or not TYPE.match(t))
+    if bad or not names or len(names) > MAX_TYPES:
+        raise Problem(400, f"`types` must be 1 to {MAX_TYPES} comma-separated event types"
+                      + (f"; not event types: {', '.join(bad[:5])}" if bad else "") + ".", kind="invalid-request")
+    return names
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int | None:
+    value = header if header is not None else query
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise Problem(400, "Last-Event-ID must be the id of an event this stream sent.", kind="invalid-request")
+    return int(value)
+
+
+@router.get("/v1/events/stream", summary="Server-Sent Events of the events the caller may see")
+async def stream(
+    request: Request,
+    viewer: Caller,
+    types: Annotated[str | None, Query(description="Comma-separated event types")] = None,
+    last_event_id: Annotated[str | None, Query(description="Resume after this id (or the Last-Event-ID header)")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    wanted = parse_types(types)
+    after = parse_last_event_id(last_event_id_header, last_event_id)
+    hub: Hub = request.app.state.hub
+    if not hub.ready.is_set():
+        await wait_for(hub.ready, READY_WAIT_SECONDS)
+    if hub.closed or not hub.ready.is_set():
+        raise Problem(503, "The event stream is not available here right now; reconnect shortly.",
+                      kind="stream-unavailable", headers={"Retry-After": "1"})
+    engine = runtime_of(request).engine
+    assert engine is not None
+    return EventStream(hub, engine, viewer, wanted, after)
+
+
+@router.get("/v1/events", summary="The events after a sequence number, for polling clients")
+async def poll(
+    request: Request,
+    viewer: Caller,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_POLL)] = 100,
+    types: Annotated[str | None, Query(description="Comma-separated event types")] = None,
+) -> Response:
+    engine = runtime_of(request).engine
+    assert engine is not None
+    rows = await fetch_visible(engine, viewer, parse_types(types), after, limit)
+    # The events' JSON comes rendered from PostgreSQL: joined, not parsed and re-encoded.
+    body = b'{"events": [%s], "next_after": %d}' % (
+        b", ".join(row["data"].encode() for row in rows), rows[-1]["seq"] if rows else after,
+    )
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+@router.post("/v1/events", status_code=201, summary="Publish a custom event", responses={200: {}, 201: {}})
+async def publish_event(
+    request: Request,
+    viewer: Caller,
+    body: Annotated[PublishIn, Body()],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    key = check_key(idempotency_key)
+    runtime = runtime_of(request)
+    assert runtime.sessions is not None
+    status, data = await publish(runtime.sessions, viewer, body, key, runtime.settings.stream_max_payload_bytes)
+    return Response(data, status_code=status, media_type="application/json")

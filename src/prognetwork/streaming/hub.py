@@ -1,0 +1,248 @@
+"""Live fan-out: one tailer per process reads the event log, every subscriber gets its share.
+
+The tailer wakes on LISTEN/NOTIFY (and polls, in case a notification is lost), reads the
+events after the last sequence it saw in batches — one query per batch, whatever the number
+of subscribers — renders each event's SSE frame once, and appends it to the bounded queue of
+every subscriber allowed to see it. Each replica runs its own tailer, so several replicas
+each serve their own subscribers every event.
+
+A subscriber whose queue is full is cut off (it is told so and may resume with
+Last-Event-ID) rather than growing memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from prognetwork.kit.events import listen, relay_stop, wait_for
+from prognetwork.streaming.visibility import NEVER_PRIVATE, Viewer
+
+log = structlog.get_logger("prognetwork.streaming")
+
+BATCH_SIZE = 500
+# At most one read of the log per this many seconds: under load, events arriving close
+# together go out as one write per subscriber instead of one write per event (each write is
+# a system call per subscriber); when idle, the first event is read at once.
+MIN_READ_INTERVAL_SECONDS = 0.05
+HEARTBEAT = b": keep-alive\n\n"
+
+SUBSCRIBERS = Gauge("stream_subscribers", "Clients connected to the event stream.")
+DELIVERED = Counter("stream_events_delivered", "Events written to stream subscribers.")
+DELIVERY_LATENCY = Histogram(
+    "stream_delivery_latency_seconds", "From an event's occurrence to its frame being written to a subscriber.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CUT_OFF = Counter("stream_subscribers_cut_off", "Subscribers cut off for falling too far behind.")
+
+# The JSON every client sees for an event, built by PostgreSQL in the same query that reads it.
+EVENT_JSON = (
+    "jsonb_build_object('id', id, 'seq', seq, 'type', type, 'user_id', user_id, 'tenant_id', tenant_id,"
+    " 'payload', payload, 'occurred_at', occurred_at)::text"
+)
+EVENT_COLUMNS = f"seq, type, user_id, tenant_id, extract(epoch FROM occurred_at)::float8 AS at, {EVENT_JSON} AS data"
+TAIL = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND {NEVER_PRIVATE} ORDER BY seq LIMIT $2"
+HEAD = "SELECT coalesce(max(seq), 0) FROM events"
+
+
+class Frame:
+    """One event, rendered once as the bytes of its SSE message."""
+
+    __slots__ = ("seq", "type", "user_id", "tenant_id", "at", "raw")
+
+    def __init__(self, seq: int, type: str, user_id: uuid.UUID | None, tenant_id: uuid.UUID | None,
+                 at: float, data: str) -> None:
+        self.seq = seq
+        self.type = type
+        self.user_id = user_id
+        self.tenant_id = tenant_id
+        self.at = at
+        self.raw = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type.encode(), data.encode())
+
+    @classmethod
+    def of(cls, row) -> Frame:
+        return cls(row["seq"], row["type"], row["user_id"], row["tenant_id"], row["at"], row["data"])
+
+
+class Subscriber:
+    """One connected client: what it may see, and the frames waiting to be written to it."""
+
+    def __init__(self, viewer: Viewer, types: frozenset[str] | None, after: int, limit: int) -> None:
+        self.viewer = viewer
+        self.types = types
+        self.limit = limit
+        self.offered = after  # the highest sequence queued so far
+        self.pending: list[Frame] = []
+        self.beat = False
+        self.closed = False
+        self.overflowed = False
+        self._waiter: asyncio.Future | None = None
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue `frame` if this subscriber wants it; False when the queue is full."""
+        if frame.seq <= self.offered or (self.types is not None and frame.type not in self.types):
+            return True
+        if len(self.pending) >= self.limit:
+            return False
+        self.offered = frame.seq
+        self.pending.append(frame)
+        self._wake()
+        return True
+
+    async def take(self) -> list[Frame]:
+        """Everything queued, once there is something (or a heartbeat, or the end) to act on."""
+        while not (self.pending or self.beat or self.closed or self.overflowed):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames, self.pending = self.pending, []
+        return frames
+
+    def heartbeat(self) -> None:
+        self.beat = True
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def cut_off(self) -> None:
+        self.overflowed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Hub:
+    def __init__(self, dsn: str, *, queue_limit: int, poll_seconds: float, heartbeat_seconds: float) -> None:
+        self.dsn = dsn
+        self.queue_limit = queue_limit
+        self.poll_seconds = poll_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.position = 0  # the last sequence read from the log
+        self.ready = asyncio.Event()  # set once `position` is known: subscribing before would leave a gap
+        self.closed = False
+        self.wake = asyncio.Event()
+        self._subscribers: set[Subscriber] = set()
+        self._everything: set[Subscriber] = set()
+        self._by_user: dict[uuid.UUID, set[Subscriber]] = {}
+        self._by_tenant: dict[uuid.UUID, set[Subscriber]] = {}
+
+    # -- subscribers --------------------------------------------------------------------
+
+    def subscribe(self, viewer: Viewer, types: frozenset[str] | None, after: int) -> Subscriber:
+        sub = Subscriber(viewer, types, after, self.queue_limit)
+        self._subscribers.add(sub)
+        if viewer.sees_all:
+            self._everything.add(sub)
+        else:
+            self._by_user.setdefault(viewer.user_id, set()).add(sub)
+            if viewer.tenant_id is not None:
+                self._by_tenant.setdefault(viewer.tenant_id, set()).add(sub)
+        SUBSCRIBERS.inc()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self._subscribers:
+            return
+        self._subscribers.discard(sub)
+        self._everything.discard(sub)
+        for index, key in ((self._by_user, sub.viewer.user_id), (self._by_tenant, sub.viewer.tenant_id)):
+            group = index.get(key) if key is not None else None
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del index[key]
+        SUBSCRIBERS.dec()
+
+    def close_all(self) -> None:
+        """End every stream (shutdown); clients reconnect elsewhere with Last-Event-ID."""
+        self.closed = True
+        for sub in list(self._subscribers):
+            sub.close()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    # -- fan-out ------------------------------------------------------------------------
+
+    def dispatch(self, frames: list[Frame]) -> None:
+        behind: list[Subscriber] = []
+        everything, by_user, by_tenant = self._everything, self._by_user, self._by_tenant
+        for frame in frames:
+            for group in (
+                everything,
+                by_user.get(frame.user_id) if frame.user_id is not None else None,
+                by_tenant.get(frame.tenant_id) if frame.tenant_id is not None else None,
+            ):
+                if group:
+                    for sub in group:
+                        if not sub.offer(frame) and not sub.overflowed:
+                            sub.cut_off()
+                            behind.append(sub)
+        for sub in behind:  # after the loops: they iterate the very sets this changes
+            self.unsubscribe(sub)
+            CUT_OFF.inc()
+
+    # -- the tailer ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tail the log until `stop`; reconnects to PostgreSQL as often as it must."""
+        listener = asyncio.create_task(listen(self.dsn, self.wake, stop))
+        relay = relay_stop(stop, self.wake)
+        delay = 0.2
+        try:
+            while not stop.is_set():
+                try:
+                    await self._tail(stop)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("event log tailer lost its connection; reconnecting", error=str(exc), retry_in=delay)
+                    await wait_for(stop, delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            for task in (listener, relay):
+                task.cancel()
+            await asyncio.gather(listener, relay, return_exceptions=True)
+
+    async def _tail(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(
+            self.dsn, timeout=5, command_timeout=30, server_settings={"application_name": "prognetwork-stream-tailer"}
+        )
+        try:
+            if not self.ready.is_set():
+                # Nobody is subscribed yet, so nothing before the current head is owed to anyone.
+                self.position = await conn.fetchval(HEAD)
+                self.ready.set()
+            loop = asyncio.get_running_loop()
+            read_at = 0.0
+            while not stop.is_set():
+                pause = read_at + MIN_READ_INTERVAL_SECONDS - loop.time()
+                if pause > 0:
+                    await wait_for(stop, pause)
+                self.wake.clear()
+                read_at = loop.time()
+                rows = await conn.fetch(TAIL, self.position, BATCH_SIZE)
+                if rows:
+                    self.position = rows[-1]["seq"]
+                    if self._subscribers:
+                        self.dispatch([Frame.of(row) for row in rows])
+                if len(rows) < BATCH_SIZE:
+                    await wait_for(self.wake, self.poll_seconds)
+        finally:
+            conn.terminate()
+
+    async def beat(self, stop: asyncio.Event) -> None:
+        """Heartbeat comments through every open stream, so proxies keep idle connections."""
+        while not await wait_for(stop, self.heartbeat_seconds):
+            for sub in self._subscribers:
+                sub.heartbeat()

@@ -1,0 +1,125 @@
+"""Publishing custom events over HTTP: validated, bounded, namespaced and idempotent.
+
+A plain user publishes only `app.*` events, scoped to themselves (and their tenant); an
+operator or admin may publish into any namespace but the platform's own, which only the
+services write. A retried publish (same producer, same Idempotency-Key) stores nothing new
+and answers with the event stored the first time; the key and the event are written in one
+transaction, so neither exists without the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prognetwork.kit import events
+from prognetwork.kit.problems import Problem
+from prognetwork.streaming.hub import EVENT_JSON
+from prognetwork.streaming.visibility import Viewer
+
+TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+USER_NAMESPACE = "app"
+RESERVED_NAMESPACES = frozenset({"user", "billing", "notification", "system"})
+MAX_KEY_LENGTH = 200
+
+PUBLISHED = Counter("stream_events_published", "Publish requests by outcome.", ("outcome",))
+for _outcome in ("created", "replayed", "rejected"):
+    PUBLISHED.labels(_outcome)  # exported at 0 from the start, so rate() sees the first one
+
+CLAIM = text(
+    "INSERT INTO event_publications (producer, idempotency_key, request_hash) VALUES (:producer, :key, :hash) "
+    "ON CONFLICT DO NOTHING RETURNING producer"
+)
+EARLIER = text(
+    "SELECT request_hash, event_seq FROM event_publications WHERE producer = :producer AND idempotency_key = :key"
+)
+RECORD = text(
+    "UPDATE event_publications SET event_seq = :seq WHERE producer = :producer AND idempotency_key = :key"
+)
+EVENT_BY_SEQ = text(f"SELECT {EVENT_JSON} FROM events WHERE seq = :seq")
+
+
+class PublishIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(max_length=200, pattern=TYPE_PATTERN)
+    payload: dict[str, Any]
+    user_id: uuid.UUID | None = None
+
+
+def check_key(key: str | None) -> str:
+    if not key:
+        PUBLISHED.labels("rejected").inc()
+        raise Problem(400, "Send an Idempotency-Key header, so a retried publish is stored once.",
+                      kind="idempotency-key-required")
+    if len(key) > MAX_KEY_LENGTH:
+        PUBLISHED.labels("rejected").inc()
+        raise Problem(400, f"The Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.",
+                      kind="idempotency-key-invalid")
+    return key
+
+
+def scope_of(viewer: Viewer, body: PublishIn) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """The (user_id, tenant_id) the event is stored under, if `viewer` may publish it at all."""
+    namespace = body.type.split(".", 1)[0]
+    if viewer.sees_all:
+        if namespace in RESERVED_NAMESPACES:
+            raise _refused(f"The {namespace}.* namespace is written by the platform's services only.")
+        return body.user_id, None
+    if namespace != USER_NAMESPACE:
+        raise _refused(f"You may publish only {USER_NAMESPACE}.* events.")
+    if body.user_id is not None and body.user_id != viewer.user_id:
+        raise _refused("You may publish events about yourself only.")
+    return viewer.user_id, viewer.tenant_id
+
+
+def _refused(detail: str) -> Problem:
+    PUBLISHED.labels("rejected").inc()
+    return Problem(403, detail, kind="event-type-not-allowed")
+
+
+def request_hash(body: PublishIn) -> str:
+    canonical = {"type": body.type, "payload": body.payload, "user_id": str(body.user_id) if body.user_id else None}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+async def publish(
+    sessions: async_sessionmaker[AsyncSession], viewer: Viewer, body: PublishIn, key: str, max_payload_bytes: int
+) -> tuple[int, str]:
+    """(201, event JSON) when stored now, (200, event JSON) when stored by an earlier try."""
+    user_id, tenant_id = scope_of(viewer, body)
+    size = len(json.dumps(body.payload, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_payload_bytes:
+        PUBLISHED.labels("rejected").inc()
+        raise Problem(413, f"The payload is {size} bytes; the limit is {max_payload_bytes}.", kind="payload-too-large")
+    producer = {"producer": str(viewer.user_id), "key": key}
+    digest = request_hash(body)
+    async with sessions() as session:
+        async with session.begin():
+            # A concurrent try with the same key waits here until the first one commits.
+            claimed = (await session.execute(CLAIM, {**producer, "hash": digest})).first()
+            if claimed is None:
+                earlier = (await session.execute(EARLIER, producer)).one()
+            else:
+                event = await events.append(
+                    session, body.type, body.payload, user_id=user_id, tenant_id=tenant_id, private=False
+                )
+                await session.execute(RECORD, {**producer, "seq": event.seq})
+        if claimed is None:
+            if earlier.request_hash != digest:
+                PUBLISHED.labels("rejected").inc()
+                raise Problem(422, "This Idempotency-Key was used for a different event.",
+                              kind="idempotency-key-reused")
+            seq, status, outcome = earlier.event_seq, 200, "replayed"
+        else:
+            seq, status, outcome = event.seq, 201, "created"
+        data = (await session.execute(EVENT_BY_SEQ, {"seq": seq})).scalar_one()
+    PUBLISHED.labels(outcome).inc()
+    return status, data

@@ -1,0 +1,161 @@
+"""One Server-Sent Events response: replay from the log, then live frames from the hub.
+
+The subscriber is registered with the hub *before* the history is read, so live events
+start queueing while the replay runs; the queue is then drained skipping every sequence
+the replay already sent. Nothing falls between the two, and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi.responses import Response
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prognetwork.streaming.hub import (
+    DELIVERED,
+    DELIVERY_LATENCY,
+    EVENT_COLUMNS,
+    HEARTBEAT,
+    Frame,
+    Hub,
+    Subscriber,
+)
+from prognetwork.streaming.visibility import Viewer
+
+RETRY = b"retry: 3000\n\n"
+REPLAY_PAGE = 500
+# A subscriber that was cut off gets this long to read its last frames and the notice.
+CUT_OFF_GRACE_SECONDS = 30.0
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def select_visible(viewer: Viewer, types: frozenset[str] | None) -> tuple[str, dict[str, Any]]:
+    """`SELECT … FROM events WHERE seq > :after` (and what `viewer` may see) `LIMIT :limit`."""
+    condition, params = viewer.sql()
+    if types is not None:
+        condition += " AND type = ANY(:types)"
+        params = {**params, "types": sorted(types)}
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > :after AND {condition} ORDER BY seq LIMIT :limit"
+    return sql, params
+
+
+async def fetch_visible(
+    engine: AsyncEngine, viewer: Viewer, types: frozenset[str] | None, after: int, limit: int
+) -> list[RowMapping]:
+    sql, params = select_visible(viewer, types)
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(sql), {**params, "after": after, "limit": limit})).mappings().all())
+
+
+def overflow_notice(last: int) -> bytes:
+    data = {
+        "reason": "too far behind",
+        "last_event_id": last,
+        "detail": f"This stream fell too far behind and was closed; reconnect with Last-Event-ID: {last}.",
+    }
+    return b"event: overflow\ndata: %s\n\n" % json.dumps(data).encode()
+
+
+class EventStream(Response):
+    """A raw ASGI response, so each write is one `send` with nothing between it and the socket."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: Hub, engine: AsyncEngine, viewer: Viewer, types: frozenset[str] | None,
+                 last_event_id: int | None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.hub = hub
+        self.engine = engine
+        self.viewer = viewer
+        self.types = types
+        self.last_event_id = last_event_id
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        sub = self.hub.subscribe(self.viewer, self.types, self.last_event_id or 0)
+        watcher = asyncio.create_task(_close_on_disconnect(receive, sub))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+            last = self.last_event_id or 0
+            if self.last_event_id is not None:
+                last = await self._replay(sub, send, last)
+            if last is not None:
+                await self._live(sub, send, last)
+            await send({"type": "http.response.body", "body": b""})
+        except (OSError, _Abandoned):
+            pass  # the client is gone, or stopped reading: the server closes the connection
+        finally:
+            watcher.cancel()
+            self.hub.unsubscribe(sub)
+
+    async def _replay(self, sub: Subscriber, send: Any, last: int) -> int | None:
+        """Send the history after `last`; the last sequence sent, or None if cut off meanwhile."""
+        while not sub.closed:
+            rows = await fetch_visible(self.engine, self.viewer, self.types, last, REPLAY_PAGE)
+            frames = [Frame.of(row) for row in rows]
+            if frames:
+                await _write(send, [f.raw for f in frames], frames)
+                last = frames[-1].seq
+            if sub.overflowed:
+                await _write_final(send, [overflow_notice(last)])
+                return None
+            if len(frames) < REPLAY_PAGE:
+                break
+        return last
+
+    async def _live(self, sub: Subscriber, send: Any, last: int) -> None:
+        while True:
+            frames = await sub.take()
+            fresh = [f for f in frames if f.seq > last] if frames and frames[0].seq <= last else frames
+            chunks = [f.raw for f in fresh]
+            if fresh:
+                last = fresh[-1].seq
+            if sub.beat:
+                sub.beat = False
+                chunks.append(HEARTBEAT)
+            if sub.overflowed:
+                chunks.append(overflow_notice(last))
+                await _write_final(send, chunks, fresh)
+                return
+            if chunks:
+                await _write(send, chunks, fresh)
+            if sub.closed:
+                return
+
+
+async def _write(send: Any, chunks: list[bytes], frames: list[Frame]) -> None:
+    await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": True})
+    if frames:
+        now = time.time()
+        for frame in frames:
+            DELIVERY_LATENCY.observe(now - frame.at)
+        DELIVERED.inc(len(frames))
+
+
+class _Abandoned(Exception):
+    """A cut-off subscriber that did not read its last frames in time."""
+
+
+async def _write_final(send: Any, chunks: list[bytes], frames: list[Frame] = ()) -> None:
+    try:
+        await asyncio.wait_for(_write(send, chunks, list(frames)), CUT_OFF_GRACE_SECONDS)
+    except TimeoutError:
+        raise _Abandoned from None
+
+
+async def _close_on_disconnect(receive: Any, sub: Subscriber) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            sub.close()
+            return
