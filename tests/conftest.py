@@ -221,6 +221,25 @@ async def notifications(serve_app, settings):
 
 
 @pytest.fixture
+async def sessions(database_url: str):
+    """SQLAlchemy sessions on the test database, as the services use them."""
+    from prognetwork.kit import db as kit_db
+
+    engine = kit_db.create_engine(database_url)
+    yield kit_db.sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def http():
+    """An aiohttp client; a large read buffer, since one SSE data line may hold a whole event."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(read_bufsize=1 << 20) as session:
+        yield session
+
+
+@pytest.fixture
 async def db(database_url: str):
     conn = await asyncpg.connect(database_url)
     yield conn

@@ -31,13 +31,6 @@ def stub():
 
 
 @pytest.fixture
-def users(service_env, tmp_path):
-    process = start_service("users", service_env, tmp_path)
-    yield process
-    process.stop()
-
-
-@pytest.fixture
 def gateway_env(service_env, users, stub) -> dict[str, str]:
     return {**service_env, "USERS_URL": users.url, "STREAMING_URL": stub.url, "UPSTREAM_TIMEOUT_SECONDS": "1"}
 

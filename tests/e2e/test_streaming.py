@@ -9,18 +9,15 @@ import uuid
 import aiohttp
 import pytest
 
-from prognetwork.kit import db as kit_db
-from tests.integration.test_streaming_support import append_events, bearer, client_session, mint, open_stream
+from tests.integration.test_streaming_support import (
+    append_events,
+    bearer,
+    mint,
+    open_stream,
+)
 from tests.support import eventually_async, free_port, start_service
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def users(service_env, tmp_path):
-    process = start_service("users", service_env, tmp_path)
-    yield process
-    process.stop()
 
 
 @pytest.fixture
@@ -40,19 +37,6 @@ def replicas(streaming_env, tmp_path):
     yield start
     for process in started:
         process.stop()
-
-
-@pytest.fixture
-async def sessions(database_url):
-    engine = kit_db.create_engine(database_url)
-    yield kit_db.sessionmaker(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
-async def http():
-    async with client_session() as session:
-        yield session
 
 
 async def test_client_resumes_after_the_service_restarts(replicas, http, sessions, signing_key):

@@ -10,16 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from prognetwork.kit import db as kit_db
 from prognetwork.kit.events import Consumer, append
 from tests.support import eventually_async
-
-
-@pytest.fixture
-async def sessions(settings):
-    engine = kit_db.create_engine(settings.database_dsn)
-    yield kit_db.sessionmaker(engine)
-    await engine.dispose()
 
 
 async def count(conn, event_type: str) -> int:

@@ -8,14 +8,12 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from prognetwork.kit import db as kit_db
 from prognetwork.kit.settings import Settings
 from prognetwork.streaming.app import create_app
 from tests.integration.test_streaming_support import (
     ThreadServer,
     append_events,
     bearer,
-    client_session,
     jwks_app,
     mint,
     open_stream,
@@ -56,19 +54,6 @@ def tight(database_url, jwks_server, tmp_path_factory):
                              STREAM_QUEUE_LIMIT="4", STREAM_HEARTBEAT_SECONDS="0.2", STREAM_MAX_PAYLOAD_BYTES="1024")
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-async def sessions(database_url):
-    engine = kit_db.create_engine(database_url)
-    yield kit_db.sessionmaker(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
-async def http():
-    async with client_session() as session:
-        yield session
 
 
 def metric(name: str, **labels: str) -> float:
