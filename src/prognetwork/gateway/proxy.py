@@ -21,6 +21,7 @@ from yarl import URL
 
 from prognetwork.gateway.ratelimit import Decision, RateLimiter
 from prognetwork.kit import tokens, tracing
+from prognetwork.kit.app import on_disconnect
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
 from prognetwork.kit.settings import Settings
@@ -288,7 +289,7 @@ async def _relay(
         return
     await send({"type": "http.response.start", "status": upstream.status, "headers": response_headers})
     # Unbuffered relay; a client that goes away closes the upstream stream too.
-    watcher = asyncio.create_task(_close_on_disconnect(receive, upstream))
+    watcher = asyncio.create_task(on_disconnect(receive, upstream.close))
     try:
         async for chunk in upstream.content.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -300,9 +301,3 @@ async def _relay(
         watcher.cancel()
 
 
-async def _close_on_disconnect(receive: Any, upstream: aiohttp.ClientResponse) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            upstream.close()
-            return

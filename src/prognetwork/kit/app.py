@@ -244,6 +244,13 @@ class ObservabilityMiddleware:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
+async def on_disconnect(receive: Callable, callback: Callable[[], object]) -> None:
+    """Call `callback` when the client goes away (for long responses that only write)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    callback()
+
+
 def _request_id(scope: dict) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":

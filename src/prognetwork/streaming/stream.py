@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from prognetwork.kit.app import on_disconnect
 from prognetwork.streaming.hub import (
     DELIVERED,
     DELIVERY_LATENCY,
@@ -82,7 +83,7 @@ class EventStream(Response):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         sub = self.hub.subscribe(self.viewer, self.types, self.last_event_id or 0)
-        watcher = asyncio.create_task(_close_on_disconnect(receive, sub))
+        watcher = asyncio.create_task(on_disconnect(receive, sub.close))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": RETRY, "more_body": True})
@@ -153,9 +154,3 @@ async def _write_final(send: Any, chunks: list[bytes], frames: list[Frame] = ())
         raise _Abandoned from None
 
 
-async def _close_on_disconnect(receive: Any, sub: Subscriber) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            sub.close()
-            return
