@@ -43,6 +43,7 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine | None = None
     sessions: async_sessionmaker[AsyncSession] | None = None
+    readers: async_sessionmaker[AsyncSession] | None = None
     redis: Redis | None = None
     draining: bool = False
     expected_revision: str | None = None
@@ -80,6 +81,7 @@ def create_service_app(
         if "postgres" in needs:
             runtime.engine = db.create_engine(settings.database_dsn, settings.db_pool_size)
             runtime.sessions = db.sessionmaker(runtime.engine)
+            runtime.readers = db.reader_sessionmaker(runtime.engine)
             runtime.expected_revision = migrations.head_revision()
             tracing.instrument_engine(runtime.engine)
         if "redis" in needs:
@@ -172,6 +174,12 @@ def runtime_of(request: Request) -> Runtime:
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessions = request.app.state.runtime.sessions
     async with sessions() as session:
+        yield session
+
+
+async def db_reader(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read-only session (autocommit: no transaction round trips)."""
+    async with request.app.state.runtime.readers() as session:
         yield session
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit.app import db_session
+from prognetwork.kit.app import db_reader, db_session
 from prognetwork.kit.problems import Problem
 from prognetwork.users.keys import InvalidToken
 from prognetwork.users.models import User
@@ -18,6 +18,7 @@ from prognetwork.users.service import Accounts, Tokens
 
 router = APIRouter()
 Db = Annotated[AsyncSession, Depends(db_session)]
+Reader = Annotated[AsyncSession, Depends(db_reader)]
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -133,7 +134,7 @@ async def logout(body: RefreshIn, db: Db, svc: Svc) -> Response:
 
 
 @router.get("/v1/users/me", response_model=UserOut, tags=["users"])
-async def me(claims: Claims, db: Db, svc: Svc) -> UserOut:
+async def me(claims: Claims, db: Reader, svc: Svc) -> UserOut:
     return UserOut.of(await svc.me(db, uuid.UUID(claims["sub"])))
 
 
