@@ -27,6 +27,11 @@ REGISTRATIONS = Counter("user_registrations", "Accounts registered.")
 LOGINS = Counter("user_logins", "Login attempts by outcome.", ("outcome",))
 REFRESHES = Counter("user_token_refreshes", "Refresh attempts by outcome.", ("outcome",))
 VERIFY_PURPOSE = "verify-email"
+# Every outcome exists from the start at 0, so rate() sees the first real one as growth.
+for _outcome in ("success", "invalid_credentials", "unverified", "throttled"):
+    LOGINS.labels(_outcome)
+for _outcome in ("rotated", "reused", "invalid"):
+    REFRESHES.labels(_outcome)
 
 
 @dataclass(frozen=True, slots=True)
