@@ -195,3 +195,29 @@ def _can_connect(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+ISSUER = "http://localhost:8000"  # the development JWT_ISSUER / JWT_AUDIENCE
+AUDIENCE = "prognetwork"
+
+
+def mint(signing_key: str, sub: object, role: str = "user", tid: object | None = None, lifetime: int = 600) -> str:
+    """A valid access token, signed as the user service signs them."""
+    import time
+    import uuid
+
+    import jwt
+
+    from prognetwork.users.keys import load_key
+
+    key = load_key(signing_key)
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": str(sub), "iat": now, "nbf": now,
+                              "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": "s"}
+    if tid is not None:
+        claims["tid"] = str(tid)
+    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

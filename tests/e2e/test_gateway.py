@@ -17,7 +17,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prognetwork.users.keys import generate_pem, load_key
 from tests.conftest import unique_email
 from tests.stub_upstream import StubUpstream
-from tests.support import DisposableRedis, eventually, http_status, http_text, request_json, start_service
+from tests.support import (
+    DisposableRedis,
+    bearer,
+    eventually,
+    http_status,
+    http_text,
+    mint,
+    request_json,
+    start_service,
+)
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -70,10 +79,6 @@ def register_and_login(gateway_url: str, database_url: str) -> dict:
     status, tokens = request_json("POST", f"{gateway_url}/api/v1/auth/login", {"email": email, "password": PASSWORD})
     assert status == 200, tokens
     return {"email": email, **tokens}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_readme_flow_runs_entirely_through_the_gateway(gateway, database_url):
@@ -144,12 +149,8 @@ def test_key_rotation_is_picked_up_on_unknown_kid(gateway, secrets_dir, signing_
 
 
 def test_identity_headers_cannot_be_forged_and_hop_by_hop_are_stripped(gateway, signing_key):
-    key = load_key(signing_key)
-    now = int(time.time())
     sub = str(uuid.uuid4())
-    token = jwt.encode({"iss": "http://localhost:8000", "aud": "prognetwork", "sub": sub, "iat": now, "nbf": now,
-                        "exp": now + 300, "jti": "j", "role": "user", "sid": "fam"},
-                       key.private, algorithm="EdDSA", headers={"kid": key.kid})
+    token = mint(signing_key, sub)
     status, seen = request_json("POST", f"{gateway.url}/api/v1/events/echo?x=1&y=%2F", {"hello": "world"}, headers={
         **bearer(token), "X-Prog-User-Id": "forged-admin", "x-prog-user-role": "admin", "X-Prog-Tenant-Id": "t",
         "X-Forwarded-For": "203.0.113.9", "Proxy-Authorization": "Basic secret", "TE": "trailers",
@@ -228,10 +229,7 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
 
 
 def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key):
-    key = load_key(signing_key)
-    now = int(time.time())
-    token = jwt.encode({"iss": "http://localhost:8000", "aud": "prognetwork", "sub": "u", "iat": now, "nbf": now,
-                        "exp": now + 300, "jti": "j"}, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+    token = mint(signing_key, "u")
     # A port held bound but not listening: connections are refused, and nobody else can take it.
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -252,10 +250,7 @@ def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key
 
 
 def test_sse_passes_through_unbuffered_and_disconnect_closes_upstream(gateway, stub, signing_key):
-    key = load_key(signing_key)
-    now = int(time.time())
-    token = jwt.encode({"iss": "http://localhost:8000", "aud": "prognetwork", "sub": "u", "iat": now, "nbf": now,
-                        "exp": now + 300, "jti": "j"}, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+    token = mint(signing_key, "u")
     conn = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     conn.sendall(f"GET /api/v1/events/stream HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n"
                  "Accept: text/event-stream\r\n\r\n".encode())

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import jwt
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -19,25 +16,7 @@ from starlette.routing import Route
 
 from prognetwork.kit.events import append
 from prognetwork.users.keys import load_key
-from tests.support import eventually, eventually_async, free_port
-
-ISSUER = "http://localhost:8000"
-AUDIENCE = "prognetwork"
-
-
-def mint(signing_key: str, sub: uuid.UUID | str, role: str = "user", tid: uuid.UUID | None = None,
-         lifetime: int = 600) -> str:
-    key = load_key(signing_key)
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": str(sub), "iat": now, "nbf": now,
-                              "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": "s"}
-    if tid is not None:
-        claims["tid"] = str(tid)
-    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.support import AUDIENCE, ISSUER, bearer, eventually, eventually_async, free_port, mint  # noqa: F401
 
 
 @dataclass
