@@ -21,6 +21,13 @@ test: $(INSTALLED)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# Schemathesis against every service's OpenAPI (part of `make test` with 300 cases a service;
+# this runs only the fuzzing, with more cases: make fuzz FUZZ_CASES=3000).
+FUZZ_CASES ?= 2000
+.PHONY: fuzz
+fuzz: $(INSTALLED)
+	FUZZ_CASES_PER_SERVICE=$(FUZZ_CASES) $(BIN)/python -m pytest tests/e2e/test_fuzz.py -s $(PYTEST_ARGS)
+
 # Build every service image and run each against this machine's PostgreSQL and Redis (podman).
 .PHONY: test-images
 test-images:

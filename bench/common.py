@@ -91,14 +91,18 @@ class Services:
         self.logs = Path(tempfile.mkdtemp(prefix="prog-bench-"))
 
     def start(self, name: str, port: int, **env: str) -> str:
+        """The service's API URL, once its readiness (on an ops port of its own) answers 200."""
         log = open(self.logs / f"{name}-{port}.log", "wb")
+        ops_port = next(p for p in iter(free_port, None) if p != port)
         process = subprocess.Popen(
-            [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port),
+             "--ops-port", str(ops_port)],
             env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: process.poll() is not None or http_ok(url + "/readiness"), what=f"{name} ready")
+        ready = f"http://127.0.0.1:{ops_port}/readiness"
+        wait_until(lambda: process.poll() is not None or http_ok(ready), what=f"{name} ready")
         if process.poll() is not None:
             raise SystemExit(f"{name} exited; see {self.logs}")
         return url

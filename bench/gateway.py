@@ -64,7 +64,7 @@ def access_token(users_url: str, database_url: str) -> str:
             await conn.close()
         return json.loads(payload)["token"]
 
-    post(f"{users_url}/v1/auth/verify-email", {"token": asyncio.run(verification_token())})
+    post(f"{users_url}/v1/auth/verify-email", {"token": asyncio.run(verification_token()), "password": PASSWORD})
     return post(f"{users_url}/v1/auth/login", {"email": email, "password": PASSWORD})["access_token"]
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build every service image and run each one for real (podman, host networking) against
-# this machine's PostgreSQL and Redis: /health and /readiness answer 200, the image's own
-# HEALTHCHECK passes, the process runs as a non-root UID as PID 1 with a read-only root
-# filesystem, and SIGTERM stops it cleanly (exit 0 before `podman stop` would kill it).
+# this machine's PostgreSQL and Redis: /health and /readiness answer 200 on the ops port
+# (OPS_PORT) and 404 on the API port (PORT), the image's own HEALTHCHECK passes, the process
+# runs as a non-root UID as PID 1 with a read-only root filesystem, and SIGTERM stops it
+# cleanly (exit 0 before `podman stop` would kill it).
 #
 #   scripts/test-images.sh                  # every service target in deploy/docker/Dockerfile
 #   scripts/test-images.sh users gateway    # only these
@@ -102,6 +103,7 @@ done
 
 psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE \"$database\"" >/dev/null
 database_url="postgresql://postgres@127.0.0.1:5432/$database"
+# Every service gets both datastores, as deployed: users, gateway and streaming need Redis.
 run_flags=(--network host --read-only -e PROG_ENV=development -e "DATABASE_URL=$database_url"
     -e "REDIS_URL=$REDIS_URL" -e HOST=127.0.0.1 -e SHUTDOWN_DRAIN_SECONDS=1 -e LOG_FORMAT=json)
 
@@ -111,29 +113,37 @@ podman run --rm --no-healthcheck "${run_flags[@]}" "localhost/prognetwork/${buil
 
 # All services run side by side, as they would deployed: the gateway is ready only once it
 # has the users service's signing keys (USERS_URL).
-declare -A port uid stop_seconds
-for svc in "${built[@]}"; do port[$svc]=$(free_port); done
+declare -A port ops_port uid stop_seconds
+for svc in "${built[@]}"; do
+    port[$svc]=$(free_port)
+    ops_port[$svc]=$(free_port)
+    while [[ ${ops_port[$svc]} == "${port[$svc]}" ]]; do ops_port[$svc]=$(free_port); done
+done
 [[ -v port[users] ]] && run_flags+=(-e "USERS_URL=http://127.0.0.1:${port[users]}")
 
 for svc in "${built[@]}"; do
     image="localhost/prognetwork/$svc:test"
     name="prog-images-$svc-$$"
     containers+=("$name")
-    echo "test-images: starting $svc on 127.0.0.1:${port[$svc]}"
+    echo "test-images: starting $svc on 127.0.0.1:${port[$svc]} (ops ${ops_port[$svc]})"
     [[ $(podman image inspect --format '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image") == "$revision" ]] ||
         fail "$svc: OCI revision label is not $revision"
     podman run --rm --no-healthcheck --entrypoint sh "$image" -c \
         '! command -v gcc && ! command -v cc && ! command -v pip && ! python -c "import pip" 2>/dev/null && ! test -e /root/.cache' \
         >/dev/null || fail "$svc: runtime image contains a compiler, pip or a pip cache"
     # podman's complaints about systemd timers (none on this machine) go to a file.
-    podman run --detach --name "$name" "${run_flags[@]}" -e "PORT=${port[$svc]}" "$image" >/dev/null 2>"$work/run-$svc.err" ||
+    podman run --detach --name "$name" "${run_flags[@]}" -e "PORT=${port[$svc]}" -e "OPS_PORT=${ops_port[$svc]}" \
+        "$image" >/dev/null 2>"$work/run-$svc.err" ||
         { cat "$work/run-$svc.err" >&2; fail "$svc: podman run"; }
 done
 
 for svc in "${built[@]}"; do
     name="prog-images-$svc-$$"
-    wait_for_200 "$name" "http://127.0.0.1:${port[$svc]}/health"
-    wait_for_200 "$name" "http://127.0.0.1:${port[$svc]}/readiness"
+    wait_for_200 "$name" "http://127.0.0.1:${ops_port[$svc]}/health"
+    wait_for_200 "$name" "http://127.0.0.1:${ops_port[$svc]}/readiness"
+    for path in /health /readiness /metrics /docs /openapi.json; do
+        [[ $(http_status "http://127.0.0.1:${port[$svc]}$path") == 404 ]] || fail "$svc: the API port serves $path"
+    done
     podman healthcheck run "$name" >/dev/null 2>&1 || fail "$svc: podman healthcheck run is not healthy"
     # PID 1 of the container is `prog serve <svc>` itself (no shell between it and signals).
     pid=$(podman inspect --format '{{.State.Pid}}' "$name")

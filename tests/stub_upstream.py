@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -20,9 +21,10 @@ class StubState:
     streams_opened: int = 0
     streams_closed: int = 0
     requests: list[dict] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # every request's raw path, as it arrived
 
 
-def build_app(state: StubState) -> Starlette:
+def build_app(state: StubState, jwks: dict | None = None) -> Starlette:
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
         seen = {"method": request.method, "path": request.url.path, "query": request.url.query,
@@ -49,19 +51,43 @@ def build_app(state: StubState) -> Starlette:
         await asyncio.Event().wait()  # an upstream that never answers
         return JSONResponse({})
 
+    async def keys(request: Request) -> JSONResponse:
+        return JSONResponse(jwks)
+
     return Starlette(routes=[
         Route("/v1/events/echo", echo, methods=["GET", "POST", "PUT", "DELETE"]),
         Route("/v1/events/stream", stream),
         Route("/v1/events/hang", hang),
+        *([Route("/.well-known/jwks.json", keys)] if jwks is not None else []),
     ])
 
 
+def recorded(app: Starlette, state: StubState, name: str) -> Callable:
+    """Record every request's raw path and name this stub on every answer (404s included)."""
+    stamp = (b"x-stub", name.encode())
+
+    async def asgi(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        state.paths.append(scope["raw_path"].decode("latin-1"))
+
+        async def named(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), stamp]
+            await send(message)
+
+        await app(scope, receive, named)
+
+    return asgi
+
+
 class StubUpstream:
-    def __init__(self) -> None:
+    def __init__(self, name: str = "stub", jwks: dict | None = None) -> None:
         self.state = StubState()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(build_app(self.state), host="127.0.0.1", port=self.port, log_level="warning",
+        app = recorded(build_app(self.state, jwks), self.state, name)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="off", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

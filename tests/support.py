@@ -71,6 +71,7 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 class ServiceProcess:
     name: str
     port: int
+    ops_port: int  # /health, /readiness, /metrics, /docs: never on `port`
     process: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,10 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -93,18 +98,23 @@ class ServiceProcess:
         return self.process.returncode
 
 
-def start_service(name: str, env: dict[str, str], log_dir: Path, port: int | None = None, ready: bool = True) -> ServiceProcess:
+def start_service(
+    name: str, env: dict[str, str], log_dir: Path, port: int | None = None, ready: bool = True,
+    ops_port: int | None = None,
+) -> ServiceProcess:
     port = port or free_port()
+    ops_port = ops_port or next(p for p in iter(free_port, None) if p != port)
     log_path = log_dir / f"{name}-{port}.log"
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port),
+         "--ops-port", str(ops_port)],
         env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
     )
-    service = ServiceProcess(name, port, process, log_path, env)
+    service = ServiceProcess(name, port, ops_port, process, log_path, env)
     path = "/readiness" if ready else "/health"
     try:
-        eventually(lambda: process.poll() is not None or http_status(service.url + path) == 200, timeout=30,
+        eventually(lambda: process.poll() is not None or http_status(service.ops_url + path) == 200, timeout=30,
                    what=f"{name} to become ready")
     except AssertionError:
         service.stop(signal.SIGKILL)
@@ -201,7 +211,10 @@ ISSUER = "http://localhost:8000"  # the development JWT_ISSUER / JWT_AUDIENCE
 AUDIENCE = "prognetwork"
 
 
-def mint(signing_key: str, sub: object, role: str = "user", tid: object | None = None, lifetime: int = 600) -> str:
+def mint(
+    signing_key: str, sub: object, role: str = "user", tid: object | None = None, lifetime: int = 600,
+    sid: str | None = None,
+) -> str:
     """A valid access token, signed as the user service signs them."""
     import time
     import uuid
@@ -213,7 +226,7 @@ def mint(signing_key: str, sub: object, role: str = "user", tid: object | None =
     key = load_key(signing_key)
     now = int(time.time())
     claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": str(sub), "iat": now, "nbf": now,
-                              "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": "s"}
+                              "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": sid or uuid.uuid4().hex}
     if tid is not None:
         claims["tid"] = str(tid)
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from prognetwork.kit.settings import SERVICE_PORTS, Settings
+from prognetwork.kit.settings import SERVICE_OPS_PORTS, SERVICE_PORTS, Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run, migrate and check ProgNetwork.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
@@ -58,17 +59,32 @@ def _check_service(name: str) -> str:
 @app.command()
 def serve(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_PORTS)}")],
-    host: Annotated[str, typer.Option(envvar="HOST")] = "0.0.0.0",
-    port: Annotated[int | None, typer.Option(envvar="PORT", help="Default: the service's own port")] = None,
+    # All interfaces by default: a container's port is reached from outside its network namespace.
+    host: Annotated[str, typer.Option(envvar="HOST")] = "0.0.0.0",  # noqa: S104
+    port: Annotated[int | None, typer.Option(envvar="PORT", help="The API's port. Default: the service's own")] = None,
+    ops_port: Annotated[int | None, typer.Option(
+        envvar="OPS_PORT", help="/health, /readiness, /metrics and /docs. Default: the service's ops port")] = None,
+    reload: Annotated[bool, typer.Option(
+        "--reload", help="Development: restart the service when a source file changes")] = False,
+    reload_dir: Annotated[Path | None, typer.Option(help="Watched by --reload. Default: the package's source")] = None,
 ) -> None:
     """Run one service in this process (what containers run)."""
     _check_service(service)
+    port = port or SERVICE_PORTS[service]
+    ops_port = ops_port or SERVICE_OPS_PORTS[service]
+    if port == ops_port:
+        raise fail(f"the ops port must differ from the API port ({port})")
     settings = load_settings()
     problems = settings.problems([service])
     if problems:
         for problem in problems:
             err.print(f"[bold red]refusing to start ({settings.env}):[/] {problem}", highlight=False)
         raise typer.Exit(2)
+    if reload:
+        if not settings.is_development:
+            raise fail("--reload is for development")
+        _serve_reloading(service, host, port, ops_port, reload_dir)
+        return
     from prognetwork.kit import tracing
     from prognetwork.kit.app import configure_logging
     from prognetwork.kit.server import serve as run_server
@@ -77,9 +93,24 @@ def serve(
     tracing.configure(service)  # before the app exists, so its clients are instrumented
     module = importlib.import_module(f"prognetwork.{service}.app")
     try:
-        run_server(module.create_app(settings), settings, host, port or SERVICE_PORTS[service])
+        run_server(module.create_app(settings), settings, host, port, ops_port)
     finally:
         tracing.shutdown()
+
+
+def _serve_reloading(service: str, host: str, port: int, ops_port: int, directory: Path | None) -> None:
+    """`prog serve` as a child process, restarted when a file under `directory` changes."""
+    from watchfiles import run_process
+
+    import prognetwork
+
+    watched = directory or Path(prognetwork.__file__).parent
+    command = [sys.executable, "-m", "prognetwork", "serve", service, "--host", host, "--port", str(port),
+               "--ops-port", str(ops_port)]
+    out.print(f"{service}: restarting whenever a file under {watched} changes", highlight=False)
+    # SIGTERM stops the watcher, which stops the child with SIGINT (no drain delay: development).
+    run_process(watched, target=shlex.join(command), target_type="command",
+                callback=lambda changes: err.print(f"{service}: {len(changes)} file(s) changed; restarting"))
 
 
 @app.command()
@@ -127,6 +158,7 @@ def up(
     """Run the whole platform on this machine, in the foreground; Ctrl-C stops it."""
     names = [_check_service(s) for s in services] if services else list(SERVICE_PORTS)
     ports = {name: SERVICE_PORTS[name] + port_offset for name in names}
+    ops_ports = {name: SERVICE_OPS_PORTS[name] + port_offset for name in names}
     settings = load_settings()
     if not settings.is_development:
         raise fail("`prog up` is for development; unset PROG_ENV or set it to development")
@@ -158,23 +190,24 @@ def up(
         for name, port in ports.items():  # how services (the gateway) find each other here
             env.setdefault(f"{name.upper()}_URL", f"http://127.0.0.1:{port}")
         for name in names:
-            children[name] = _spawn(name, ports[name], env)
-        _wait_ready(ports, children)
+            children[name] = _spawn(name, ports[name], ops_ports[name], env)
+        _wait_ready(ops_ports, children)
         if with_monitoring:
-            prometheus_url, stop_prometheus = _start_prometheus(ports, state, port_offset)
+            prometheus_url, stop_prometheus = _start_prometheus(ops_ports, state, port_offset)
             stoppers.append(stop_prometheus)
         table = Table(title="ProgNetwork is up", show_header=True)
         table.add_column("service")
         table.add_column("URL")
+        table.add_column("health, metrics, docs")
         for name in names:
-            table.add_row(name, f"http://127.0.0.1:{ports[name]}")
+            table.add_row(name, f"http://127.0.0.1:{ports[name]}", f"http://127.0.0.1:{ops_ports[name]}")
         out.print(table)
         if with_monitoring:
             out.print(f"Prometheus (alert rules loaded): {prometheus_url}")
         if "gateway" in ports:
             out.print(f"Clients use the gateway: http://127.0.0.1:{ports['gateway']}/api/v1/…")
         out.print("Ctrl-C stops everything.")
-        _supervise(ports, children, env)
+        _supervise(ports, ops_ports, children, env)
     except KeyboardInterrupt:
         stopping = True
     except local.LocalServerError as exc:
@@ -191,25 +224,25 @@ MONITORING_CONFIG = Path("deploy/monitoring/prometheus/local.yml")
 MONITORING_TOOLS = Path("scripts/install-monitoring-tools.sh")
 
 
-def _start_prometheus(ports: dict[str, int], state: Path, offset: int) -> tuple[str, Callable[[], None]]:
-    """Prometheus on this machine with the repository's rules, scraping the ports in use."""
+def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tuple[str, Callable[[], None]]:
+    """Prometheus on this machine with the repository's rules, scraping the ops ports in use."""
     import yaml
 
     if not MONITORING_CONFIG.exists():
         raise fail(f"--with-monitoring needs {MONITORING_CONFIG}: run `prog up` from the repository root")
     if shutil.which("prometheus") is None:
-        subprocess.run(["sh", str(MONITORING_TOOLS)], check=True)
+        subprocess.run(["sh", str(MONITORING_TOOLS)], check=True)  # noqa: S603,S607 - our own script
     config = yaml.safe_load(MONITORING_CONFIG.read_text())
     config["rule_files"] = [str((MONITORING_CONFIG.parent / p).resolve()) for p in config.get("rule_files", [])]
-    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in ports]
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in ops_ports]
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ops_ports[job['job_name']]}"]}]
     directory = state / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{9090 + offset}"
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
+    process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+        ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",  # noqa: S607 - found on PATH above
          f"--web.listen-address={address}"],
         stdout=open(directory / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -224,22 +257,28 @@ def _start_prometheus(ports: dict[str, int], state: Path, offset: int) -> tuple[
     return f"http://{address}", stop
 
 
-def _spawn(name: str, port: int, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port)],
+def _spawn(name: str, port: int, ops_port: int, env: dict[str, str]) -> subprocess.Popen:
+    if name != "gateway":
+        # The gateway on this machine is the proxy in front of every other service: they take
+        # the client address from its X-Forwarded-For. The gateway itself trusts no proxy (unless
+        # the environment names one): any local process could otherwise choose its own address.
+        env = {**env, "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    return subprocess.Popen(  # noqa: S603 - this interpreter and a registered service name, no shell
+        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port),
+         "--ops-port", str(ops_port)],
         env=env, start_new_session=True,  # Ctrl-C reaches only `prog up`, which stops children in order
     )
 
 
-def _wait_ready(ports: dict[str, int], children: dict[str, subprocess.Popen]) -> None:
+def _wait_ready(ops_ports: dict[str, int], children: dict[str, subprocess.Popen]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    pending = set(ports)
+    pending = set(ops_ports)
     while pending:
         for name in sorted(pending):
             if children[name].poll() is not None:
                 raise fail(f"service {name} exited during start-up (status {children[name].returncode}); see its log above")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/readiness", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{ops_ports[name]}/readiness", timeout=2):
                     pending.discard(name)
             except (urllib.error.URLError, OSError):
                 pass
@@ -248,7 +287,9 @@ def _wait_ready(ports: dict[str, int], children: dict[str, subprocess.Popen]) ->
         time.sleep(0.2)
 
 
-def _supervise(ports: dict[str, int], children: dict[str, subprocess.Popen], env: dict[str, str]) -> None:
+def _supervise(
+    ports: dict[str, int], ops_ports: dict[str, int], children: dict[str, subprocess.Popen], env: dict[str, str]
+) -> None:
     """Restart a service that dies, with backoff; give up if it keeps dying."""
     restarts: dict[str, list[float]] = {name: [] for name in ports}
     while True:
@@ -264,7 +305,7 @@ def _supervise(ports: dict[str, int], children: dict[str, subprocess.Popen], env
                 raise fail(f"service {name} keeps exiting (status {code}); stopping the platform")
             err.print(f"[yellow]service {name} exited with status {code}; restarting[/]")
             time.sleep(min(8.0, 0.5 * 2 ** len(recent)))
-            children[name] = _spawn(name, ports[name], env)
+            children[name] = _spawn(name, ports[name], ops_ports[name], env)
 
 
 def _stop_all(children: dict[str, subprocess.Popen]) -> None:
@@ -277,6 +318,41 @@ def _stop_all(children: dict[str, subprocess.Popen]) -> None:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+users_app = typer.Typer(no_args_is_help=True, help="Manage accounts.")
+app.add_typer(users_app, name="users")
+
+
+def _set_disabled(email: str, disabled: bool) -> None:
+    import asyncio
+
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import DBAPIError
+
+    from prognetwork.kit.problems import Problem
+    from prognetwork.users.admin import set_disabled
+
+    settings = load_settings()
+    try:
+        user_id = asyncio.run(set_disabled(settings, email, disabled))
+    except Problem as problem:
+        raise fail(problem.detail, 1) from None
+    except (OSError, RedisError, DBAPIError) as exc:
+        raise fail(f"cannot reach PostgreSQL or Redis ({type(exc).__name__}); check DATABASE_URL and REDIS_URL") from None
+    out.print(f"{email.lower()} ({user_id}) is {'disabled; every session has ended' if disabled else 'enabled'}")
+
+
+@users_app.command("disable")
+def users_disable(email: Annotated[str, typer.Argument(help="The account's email address")]) -> None:
+    """Disable an account: it cannot log in, and its sessions and access tokens stop working now."""
+    _set_disabled(email, True)
+
+
+@users_app.command("enable")
+def users_enable(email: Annotated[str, typer.Argument(help="The account's email address")]) -> None:
+    """Enable a disabled account again (its owner logs in anew)."""
+    _set_disabled(email, False)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from prognetwork.kit.settings import SERVICE_PORTS
-from tests.support import ROOT
+from prognetwork.kit.settings import SERVICE_DEPENDENCIES, SERVICE_OPS_PORTS, SERVICE_PORTS
+from tests.support import ROOT, start_service
 
 DOCKER = ROOT / "deploy" / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -110,6 +110,7 @@ def test_every_service_has_a_target_with_its_port_and_exec_form_command() -> Non
         assert cmd.json and list(cmd.value) == ["prog", "serve", name], cmd.original
         if name in SERVICE_PORTS:
             assert env_of(commands)["PORT"] == str(SERVICE_PORTS[name]), name
+            assert env_of(commands)["OPS_PORT"] == str(SERVICE_OPS_PORTS[name]), name
 
 
 def test_runtime_is_unprivileged_read_only_friendly_and_probes_itself() -> None:
@@ -124,6 +125,21 @@ def test_runtime_is_unprivileged_read_only_friendly_and_probes_itself() -> None:
     check = instruction(runtime, "HEALTHCHECK")
     assert check.json and check.value[:2] == ("CMD", "python"), "probe with Python: the image has no curl"
     assert "127.0.0.1" in check.value[-1] and "/health" in check.value[-1], "probe this container, not a remote URL"
+    assert "os.environ['OPS_PORT']" in check.value[-1], "/health is served on the ops port only"
+
+
+def test_healthcheck_passes_on_the_ops_port_and_fails_on_the_api_port(service_env, tmp_path) -> None:
+    """The image's HEALTHCHECK command itself, run against a service process."""
+    command = instruction(stages()[RUNTIME_STAGE], "HEALTHCHECK").value
+    assert command[:2] == ("CMD", "python")
+    service = start_service("notifications", service_env, tmp_path, ready=False)
+    try:
+        for ops_port, healthy in ((service.ops_port, True), (service.port, False)):
+            done = subprocess.run([sys.executable, *command[2:]], env={**service_env, "OPS_PORT": str(ops_port)},
+                                  capture_output=True, text=True, timeout=30)
+            assert (done.returncode == 0) == healthy, (ops_port, done.stderr[-500:])
+    finally:
+        service.stop()
 
 
 def test_runtime_copies_only_the_built_environment() -> None:
@@ -207,14 +223,30 @@ def test_compose_services_reload_and_wait_for_healthy_dependencies_and_migration
     for name in service_targets():
         svc = services[name]
         assert svc["environment"]["PROG_ENV"] == "development"
-        assert "--reload" in svc["command"]
+        # `prog serve` (the image's own command) with reload; its ports come from PORT and OPS_PORT,
+        # the variables the image's HEALTHCHECK reads.
+        assert svc["command"] == ["prog", "serve", name, "--reload", "--reload-dir", "/app/src"]
         assert {(v["source"], v["target"]) for v in svc["volumes"]} == {(str(ROOT / "src"), "/app/src")}
-        assert svc["environment"]["PORT"] in svc["command"], "the image's HEALTHCHECK probes PORT"
+        ports = (svc["environment"]["PORT"], svc["environment"]["OPS_PORT"])
+        assert ports == (str(SERVICE_PORTS[name]), str(SERVICE_OPS_PORTS[name]))
+        assert {(p["host_ip"], p["published"], str(p["target"])) for p in svc["ports"]} == {
+            ("127.0.0.1", port, port) for port in ports}
         conditions = {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
-        if name != "gateway":  # the gateway needs Redis only
+        needs = SERVICE_DEPENDENCIES[name]
+        if "postgres" in needs:
             assert conditions["postgres"] == "service_healthy"
             assert conditions["migrate"] == "service_completed_successfully"
+        if "redis" in needs:
+            assert conditions["redis"] == "service_healthy" and svc["environment"]["REDIS_URL"].startswith("redis://redis")
         assert set(conditions.values()) <= {"service_healthy", "service_completed_successfully"}
+
+
+def test_compose_services_believe_forwarded_for_from_the_gateway_only() -> None:
+    services = compose_config()["services"]
+    (gateway_address,) = [net["ipv4_address"] for net in services["gateway"]["networks"].values()]
+    assert "FORWARDED_ALLOW_IPS" not in services["gateway"]["environment"], "clients reach the gateway directly"
+    for name in set(service_targets()) - {"gateway"}:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == gateway_address, name
 
 
 def test_compose_commits_no_secret() -> None:

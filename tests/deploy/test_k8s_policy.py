@@ -4,13 +4,21 @@ between objects (selectors, autoscalers, budgets, network paths, environments)."
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+from prognetwork.kit.settings import SERVICE_DEPENDENCIES, SERVICE_OPS_PORTS, SERVICE_PORTS
 from tests.deploy.conftest import K8S_DIR, K8S_OVERLAYS
 
-SERVICES = {"user-service": 3007, "notification-service": 3004, "api-gateway": 8000, "event-streaming": 8001}
+# Each Kubernetes app and the service (`prog serve <service>`) it runs.
+APPS = {"user-service": "users", "notification-service": "notifications", "api-gateway": "gateway",
+        "event-streaming": "streaming"}
+SERVICES = {app: SERVICE_PORTS[service] for app, service in APPS.items()}
+OPS_PORTS = {app: SERVICE_OPS_PORTS[service] for app, service in APPS.items()}
 ROLLOUTS = {"user-service", "api-gateway"}
 ENV_OVERLAYS = ["development", "staging", "production"]
 WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
@@ -113,15 +121,19 @@ def test_services_have_probes_drain_and_grace(rendered):
         workload = next(o for o in objects if o["kind"] in {"Deployment", "Rollout"} and o["metadata"]["name"] == name)
         spec = pod_spec(workload)
         (c,) = spec["containers"]
-        assert c["ports"] == [{"name": "http", "containerPort": port}]
-        assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-        assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-        assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "http"}
+        ops = OPS_PORTS[name]
+        assert c["ports"] == [{"name": "http", "containerPort": port}, {"name": "ops", "containerPort": ops}]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["PORT"], env["OPS_PORT"]) == (str(port), str(ops)), "the service listens where the ports say"
+        # Probes on the ops port: the API port answers no operational path.
+        assert c["startupProbe"]["httpGet"] == {"path": "/health", "port": "ops"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "ops"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "ops"}
         assert "initialDelaySeconds" not in c["livenessProbe"], "the startupProbe covers start-up"
         pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
         assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + timeout, name
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
-        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(ops),
                                "prometheus.io/path": "/metrics"}
         assert any(e.get("configMapRef", {}).get("name", "").startswith("prog-config") for e in c["envFrom"])
 
@@ -158,6 +170,7 @@ def test_services_select_exactly_their_pods(rendered):
         selected = [w["metadata"]["name"] for w in workloads(objects) if matches(selector, pod_labels(w))]
         assert selected == [service["metadata"]["name"]], f"Service {service['metadata']['name']} selects {selected}"
         assert service["spec"]["type"] == "ClusterIP"
+        # The API port only: nothing routed through a Service (the edge included) reaches `ops`.
         assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
     assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES)
 
@@ -196,7 +209,7 @@ def test_every_service_is_scraped(rendered):
     for name in SERVICES:
         workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
         (monitor,) = [m for m in monitors if matches(m["spec"]["selector"], pod_labels(workload))]
-        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "ops"
         assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
 
 
@@ -243,7 +256,7 @@ def paths(objects, labels: dict, direction: str) -> set[tuple[str, str]]:
 
 
 DNS = {("ns:kube-system/kube-dns", "53")}
-PROMETHEUS = {("ns:monitoring/prometheus", "http")}
+PROMETHEUS = {("ns:monitoring/prometheus", "ops")}
 DATA = "cidr:10.0.0.0/16"
 EXPECTED_PATHS = {
     "api-gateway": {
@@ -261,7 +274,7 @@ EXPECTED_PATHS = {
     },
     "event-streaming": {
         "ingress": {("pod:api-gateway", "8001")} | PROMETHEUS,
-        "egress": DNS | {(DATA, "5432"), ("pod:user-service", "3007")},
+        "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007")},
     },
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
 }
@@ -284,6 +297,32 @@ def test_network_policies_allow_exactly_the_architecture(rendered):
     assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(internet["to"][0]["ipBlock"]["except"])
 
 
+def test_only_prometheus_reaches_the_ops_port(rendered):
+    _, objects = rendered
+    for workload in workloads(objects):
+        name = workload["metadata"]["name"]
+        if name not in SERVICES:
+            continue
+        ingress = paths(objects, pod_labels(workload), "ingress")
+        assert {(who, port) for who, port in ingress if port in ("ops", str(OPS_PORTS[name]))} == PROMETHEUS, name
+        assert {port for who, port in ingress - PROMETHEUS} <= {str(SERVICES[name])}, name
+
+
+def test_datastore_urls_come_from_the_secret_where_the_service_needs_them(rendered):
+    _, objects = rendered
+    for workload in workloads(objects):
+        name = workload["metadata"]["name"]
+        if name not in APPS:
+            continue
+        (c,) = pod_spec(workload)["containers"]
+        from_secret = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        egress = paths(objects, pod_labels(workload), "egress")
+        for need, (variable, port) in {"postgres": ("DATABASE_URL", "5432"), "redis": ("REDIS_URL", "6379")}.items():
+            needed = need in SERVICE_DEPENDENCIES[APPS[name]]
+            assert (variable in from_secret) == needed, (name, variable)
+            assert ((DATA, port) in egress) == needed, (name, port)
+
+
 # ---- environments ---------------------------------------------------------------------
 
 def test_namespaces_labels_and_config_per_environment(env):
@@ -295,6 +334,67 @@ def test_namespaces_labels_and_config_per_environment(env):
     api, app = sorted(HOSTS[name])
     assert settings["PROG_ENV"] == name and settings["LOG_FORMAT"] == "json"
     assert settings["JWT_ISSUER"] == f"https://{api}" and settings["APP_URL"] == f"https://{app}"
+
+
+# Stand-ins for what AWS Secrets Manager holds: well-formed, not placeholders.
+SECRET_VALUES = {
+    "DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal:5432/prog?sslmode=require",
+    "REDIS_URL": "rediss://cache.internal:6379/0",
+    "STRIPE_PUBLISHABLE_KEY": "pk_live_51Hx8mQ2eZvKYlo2C",
+    "SENDGRID_API_KEY": "SG.4fQ1c0b2Zt9xv8Lr3mWq.Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3",
+}
+
+
+def pod_environment(objects, container: dict, secrets_dir) -> dict[str, str]:
+    """The environment `prog serve` sees in this container: the ConfigMap, its own variables,
+    Secret references filled with stand-ins and the secret files in `secrets_dir`."""
+    from prognetwork.users.keys import generate_pem
+
+    env = dict(config(objects))
+    for item in container.get("env", ()):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        env[item["name"]] = SECRET_VALUES[ref["key"]] if ref else item["value"]
+    secrets_dir.mkdir(exist_ok=True)
+    for mount in [v for v in container.get("volumeMounts", ()) if v["mountPath"] == env.get("SECRETS_DIR")]:
+        (volume,) = [v for v in container_volumes(objects, container) if v["name"] == mount["name"]]
+        for item in volume["secret"]["items"]:
+            value = generate_pem() if item["key"] == "JWT_SIGNING_KEYS" else SECRET_VALUES[item["key"]]
+            (secrets_dir / item["path"]).write_text(value)
+    return {**env, "SECRETS_DIR": str(secrets_dir)}
+
+
+def container_volumes(objects, container: dict) -> list[dict]:
+    for workload in workloads(objects):
+        if container in pod_spec(workload)["containers"]:
+            return pod_spec(workload).get("volumes", [])
+    raise AssertionError(f"no workload holds {container['name']}")
+
+
+@pytest.mark.parametrize("name", ["staging", "production"])
+def test_every_pod_passes_prog_config_check(k8s_render, name, tmp_path):
+    """What `prog serve` checks before it starts, run on each rendered pod's own environment."""
+    objects = k8s_render(f"overlays/{name}")
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+
+    def check(env: dict[str, str], service: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prognetwork", "config", "check", "--service", service],
+                              env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+    checked = {}
+    for workload in workloads(objects):
+        app = workload["metadata"]["name"]
+        if app not in APPS:
+            continue
+        (c,) = pod_spec(workload)["containers"]
+        checked[app] = env = pod_environment(objects, c, tmp_path / app)
+        assert env["PROG_ENV"] == name
+        result = check(env, APPS[app])
+        assert result.returncode == 0, f"{app}: {result.stdout}{result.stderr}"
+    assert set(checked) == set(APPS)
+    # The check can fail: without the trusted proxies, it says so.
+    unset = {k: v for k, v in checked["api-gateway"].items() if k != "FORWARDED_ALLOW_IPS"}
+    result = check(unset, "gateway")
+    assert result.returncode == 1 and "FORWARDED_ALLOW_IPS is required" in result.stdout
 
 
 def test_secrets_are_never_committed_outside_development(env):

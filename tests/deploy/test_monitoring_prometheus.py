@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prognetwork.kit.settings import SERVICE_OPS_PORTS
 from tests.support import ROOT
 
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -104,11 +105,11 @@ def test_kubernetes_config_discovers_pods_never_a_service_vip():
     assert config["rule_files"] == yaml.safe_load((PROMETHEUS / "local.yml").read_text())["rule_files"]
 
 
-def test_local_config_scrapes_every_service_on_its_port():
+def test_local_config_scrapes_every_service_on_its_ops_port():
+    # The ops port is the only one serving /metrics (the API port answers it 404).
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets == {"users": ["127.0.0.1:3007"], "notifications": ["127.0.0.1:3004"], "gateway": ["127.0.0.1:8000"],
-                       "streaming": ["127.0.0.1:8001"]}
+    assert targets == {name: [f"127.0.0.1:{port}"] for name, port in SERVICE_OPS_PORTS.items()}
 
 
 @pytest.mark.skipif(not (K8S / "base").is_dir(), reason="deploy/k8s/base does not exist yet")

@@ -60,7 +60,7 @@ def register_and_login(gateway_url: str, database_url: str) -> dict:
     email = unique_email("gw")
     status, user = request_json("POST", f"{gateway_url}/api/v1/auth/register",
                                 {"email": email, "password": PASSWORD, "name": "Via Gateway"})
-    assert status == 201, user
+    assert status == 202, user
 
     async def token() -> str:
         conn = await asyncpg.connect(database_url)
@@ -74,7 +74,7 @@ def register_and_login(gateway_url: str, database_url: str) -> dict:
 
     from tests.conftest import in_thread
 
-    status, _ = request_json("POST", f"{gateway_url}/api/v1/auth/verify-email", {"token": in_thread(asyncio.run, token())})
+    status, _ = request_json("POST", f"{gateway_url}/api/v1/auth/verify-email", {"token": in_thread(asyncio.run, token()), "password": PASSWORD})
     assert status == 200
     status, tokens = request_json("POST", f"{gateway_url}/api/v1/auth/login", {"email": email, "password": PASSWORD})
     assert status == 200, tokens
@@ -94,6 +94,18 @@ def test_readme_flow_runs_entirely_through_the_gateway(gateway, database_url):
     assert request_json("POST", f"{gateway.url}/api/v1/auth/logout", {"refresh_token": refreshed["refresh_token"]})[0] == 401
     assert request_json("POST", f"{gateway.url}/api/v1/auth/logout", {"refresh_token": refreshed["refresh_token"]},
                         headers=bearer(refreshed["access_token"]))[0] == 204
+
+
+def test_a_signed_out_access_token_stops_working_at_the_gateway(gateway, database_url):
+    session = register_and_login(gateway.url, database_url)
+    me = f"{gateway.url}/api/v1/users/me"
+    assert request_json("GET", me, headers=bearer(session["access_token"]))[0] == 200
+    assert request_json("POST", f"{gateway.url}/api/v1/auth/logout", {"refresh_token": session["refresh_token"]},
+                        headers=bearer(session["access_token"]))[0] == 204
+    # Refused by the gateway itself: the stub behind /api/v1/events never sees the request.
+    for url in (me, f"{gateway.url}/api/v1/events"):
+        status, problem = request_json("GET", url, headers=bearer(session["access_token"]))
+        assert status == 401 and "signed out" in problem["detail"], (url, problem)
 
 
 def b64(data: dict) -> str:
@@ -163,8 +175,9 @@ def test_identity_headers_cannot_be_forged_and_hop_by_hop_are_stripped(gateway, 
     assert headers["x-prog-user-id"] == [sub] and headers["x-prog-user-role"] == ["user"]
     assert "x-prog-tenant-id" not in headers  # the token carries no tenant; the forged one is gone
     assert "proxy-authorization" not in headers and "te" not in headers
-    # 127.0.0.1 is a trusted proxy (FORWARDED_ALLOW_IPS), so its X-Forwarded-For names the client.
-    assert headers["x-forwarded-for"] == ["203.0.113.9"]
+    # No proxy is trusted (FORWARDED_ALLOW_IPS unset): the client's own X-Forwarded-For is replaced
+    # by its connection's address.
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
     assert headers["x-request-id"] == ["client-chosen-id-1"]
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", headers["traceparent"][0])
     assert seen["path"] == "/v1/events/echo" and seen["query"] == "x=1&y=%2F"
@@ -215,8 +228,8 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
         status, problem = request_json("POST", f"{gateway.url}/api/v1/auth/login",
                                        {"email": "x@example.com", "password": "whatever you like"})
         assert status == 503 and problem["type"].endswith("/rate-limiter-unavailable")
-        assert eventually(lambda: http_status(f"{gateway.url}/readiness") == 503)
-        metrics = http_text(f"{gateway.url}/metrics")
+        assert eventually(lambda: http_status(f"{gateway.ops_url}/readiness") == 503)
+        metrics = http_text(f"{gateway.ops_url}/metrics")
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="allowed"\} [1-9]', metrics)
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="refused"\} [1-9]', metrics)
         redis.start()
@@ -281,7 +294,7 @@ def test_oversized_body_and_unknown_path(gateway):
 def test_gateway_metrics_label_routes_and_upstreams(gateway, database_url):
     session = register_and_login(gateway.url, database_url)
     request_json("GET", f"{gateway.url}/api/v1/users/me", headers=bearer(session["access_token"]))
-    metrics = http_text(f"{gateway.url}/metrics")
+    metrics = http_text(f"{gateway.ops_url}/metrics")
     assert re.search(r'requests_total\{method="GET",route="/api/v1/users/\*",service="gateway",status="200"\}', metrics)
     assert 'gateway_upstream_responses_total{status="200",upstream="users"}' in metrics
     assert "gateway_upstream_duration_seconds_bucket" in metrics

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.conftest import unique_email
@@ -41,6 +42,9 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     gateway = f"http://127.0.0.1:{8000 + offset}"
     users = f"http://127.0.0.1:{3007 + offset}"
     notifications = f"http://127.0.0.1:{3004 + offset}"
+    # Each service's /health, /readiness, /metrics and /docs: its port + 1000.
+    ops = {"gateway": f"http://127.0.0.1:{9000 + offset}", "users": f"http://127.0.0.1:{4007 + offset}",
+           "notifications": f"http://127.0.0.1:{4004 + offset}"}
     log_path = tmp_path / "up.log"
     state = tmp_path / "state"
     up = start_up(state, offset, log_path, "--with-monitoring")
@@ -50,8 +54,18 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         assert up.poll() is None, log_path.read_text()
         output = log_path.read_text(errors="replace")
         assert gateway in output and users in output and notifications in output  # prints every service URL
-        for url in (gateway, users, notifications):
-            assert http_status(url + "/readiness") == 200
+        assert all(url in output for url in ops.values())
+        for url, ops_url in zip((gateway, users, notifications), ops.values(), strict=True):
+            assert http_status(ops_url + "/readiness") == 200
+            assert http_status(url + "/readiness") == 404  # never on the API port
+        # The services behind the gateway take the client address from its X-Forwarded-For;
+        # the gateway itself believes no one's.
+        trusted = {}
+        for child in psutil.Process(up.pid).children():
+            if child.cmdline()[2:4] == ["prognetwork", "serve"]:
+                trusted[child.cmdline()[4]] = child.environ().get("FORWARDED_ALLOW_IPS")
+        assert trusted == {"gateway": None, "users": "127.0.0.1", "notifications": "127.0.0.1",
+                           "streaming": "127.0.0.1"}
         # --with-monitoring: a real Prometheus, with the rules, scraping every service.
         prometheus = f"http://127.0.0.1:{9090 + offset}"
         assert prometheus in output
@@ -67,22 +81,23 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         # The README's flow, through the gateway's port only.
         email = unique_email("newcomer")
         assert request_json("POST", gateway + "/api/v1/auth/register",
-                            {"email": email, "password": PASSWORD, "name": "New"})[0] == 201
+                            {"email": email, "password": PASSWORD, "name": "New"})[0] == 202
         messages = eventually(lambda: request_json("GET", f"{gateway}/api/v1/dev/outbox?to={email}")[1],
                               what="verification email")
         token = re.search(r"token=([\w-]+)", messages[0]["text"]).group(1)
-        assert request_json("POST", gateway + "/api/v1/auth/verify-email", {"token": token})[0] == 200
+        assert request_json("POST", gateway + "/api/v1/auth/verify-email",
+                            {"token": token, "password": PASSWORD})[0] == 200
     finally:
         code = stop_up(up)
     assert code == 0, log_path.read_text()[-3000:]
-    for url in (gateway, users, notifications):
+    for url in (gateway, users, notifications, *ops.values()):
         assert http_status(url + "/health") is None
     assert http_status(f"http://127.0.0.1:{9090 + offset}/-/healthy") is None
 
     # A second `prog up` finds the same data.
     up = start_up(state, offset, log_path)
     try:
-        eventually(lambda: up.poll() is not None or http_status(gateway + "/readiness") == 200, timeout=120)
+        eventually(lambda: up.poll() is not None or http_status(ops["gateway"] + "/readiness") == 200, timeout=120)
         status, tokens = request_json("POST", gateway + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
         assert status == 200, tokens
         status, me = request_json("GET", gateway + "/api/v1/users/me",

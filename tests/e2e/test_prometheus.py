@@ -95,7 +95,8 @@ def start_prometheus(config: dict, directory: Path) -> Iterator[Prometheus]:
 
 
 def local_config(ports: dict[str, int]) -> dict:
-    """local.yml with 1 s intervals, absolute rule paths and only the started services' jobs."""
+    """local.yml with 1 s intervals, absolute rule paths and only the started services' jobs,
+    scraping the ops ports they were started on."""
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(PROMETHEUS / pattern) for pattern in config["rule_files"]]
@@ -115,8 +116,7 @@ def monitoring_tools() -> None:
 def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
     email = unique_email("metrics")
     account = {"email": email, "password": PASSWORD, "name": "Metrics"}
-    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 201
-    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 409
+    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 202
 
     def verification_token() -> str | None:
         status, mails = request_json("GET", f"{notifications.url}/v1/dev/outbox?to={email}")
@@ -124,7 +124,8 @@ def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
         return next((link.group(1) for link in links if link), None)
 
     token = eventually(verification_token, timeout=20, what="the verification email")
-    assert request_json("POST", f"{users.url}/v1/auth/verify-email", {"token": token})[0] == 200
+    assert request_json("POST", f"{users.url}/v1/auth/verify-email", {"token": token, "password": PASSWORD})[0] == 200
+    assert request_json("POST", f"{users.url}/v1/auth/register", account)[0] == 202  # taken: the same answer
     assert request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": "wrong password!"})[0] == 401
     status, tokens = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
     assert status == 200
@@ -132,16 +133,16 @@ def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
     assert status == 200
     assert request_json("GET", f"{users.url}/v1/users/me", headers={"Authorization": "Bearer nonsense"})[0] == 401
     assert http_status(f"{users.url}/no/such/path") == 404
-    # What the kubelet's readiness probes would do.
-    assert http_status(f"{notifications.url}/readiness") == 200
+    # What the kubelet's readiness probes would do (on the ops port).
+    assert http_status(f"{notifications.ops_url}/readiness") == 200
 
     # 5xx: the user service's Redis goes away, then comes back.
     redis.stop()
-    assert eventually(lambda: http_status(f"{users.url}/readiness") == 503, timeout=10)
+    assert eventually(lambda: http_status(f"{users.ops_url}/readiness") == 503, timeout=10)
     status, _ = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
     assert status == 503
     redis.start()
-    eventually(lambda: http_status(f"{users.url}/readiness") == 200, timeout=15, what="users ready again")
+    eventually(lambda: http_status(f"{users.ops_url}/readiness") == 200, timeout=15, what="users ready again")
 
 
 def analysis_query() -> str:
@@ -197,11 +198,17 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
     notifications = start_service("notifications", service_env, tmp_path)
     prometheus_dir = tmp_path / "prometheus"
     prometheus_dir.mkdir()
-    started = start_prometheus(local_config({"users": users.port, "notifications": notifications.port}), prometheus_dir)
+    started = start_prometheus(local_config({"users": users.ops_port, "notifications": notifications.ops_port}),
+                               prometheus_dir)
     try:
         prometheus = next(started)
         eventually(lambda: {s["metric"]["job"] for s in prometheus.query("up == 1")} == STARTED,
                    timeout=20, what="both services scraped")
+        # Scraped on their ops ports; the API ports have no /metrics.
+        targets = prometheus.get("/api/v1/targets?state=active")["data"]["activeTargets"]
+        assert {t["labels"]["job"]: t["scrapeUrl"] for t in targets} == {
+            "users": f"{users.ops_url}/metrics", "notifications": f"{notifications.ops_url}/metrics"}
+        assert http_status(f"{users.url}/metrics") == 404 and http_status(f"{notifications.url}/metrics") == 404
         # Twice: a counter's first sample is its first increment, so rate() sees growth only
         # from what happens after Prometheus has scraped it once.
         drive_traffic(users, notifications, redis)
@@ -274,11 +281,12 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
         labels |= {f"__meta_kubernetes_pod_annotation_prometheus_io_{k}": v for k, v in annotations.items()}
         return {"targets": [labels.pop("__address__")], "labels": labels}
 
-    scrape = {"scrape": "true", "port": "3007", "path": "/metrics"}
+    # The annotations the manifests give: the ops port (API port + 1000), where /metrics is.
+    scrape = {"scrape": "true", "port": "4007", "path": "/metrics"}
     pods = [
         pod("user-service-a", "user-service", "10.1.0.1", scrape),
-        pod("notification-service-a", "notification-service", "10.1.0.2", {**scrape, "port": "3004"}),
-        pod("api-gateway-a", "api-gateway", "10.1.0.3", {**scrape, "port": "8000"}),
+        pod("notification-service-a", "notification-service", "10.1.0.2", {**scrape, "port": "4004"}),
+        pod("api-gateway-a", "api-gateway", "10.1.0.3", {**scrape, "port": "9000"}),
         pod("user-service-old", "user-service", "10.1.0.4", scrape, phase="Succeeded"),
         pod("unannotated", "redis", "10.1.0.5", {}),
     ]
@@ -292,9 +300,9 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
             return {t["labels"]["pod"]: (t["labels"]["job"], t["scrapeUrl"]) for t in targets} or None
 
         assert eventually(active, timeout=20, interval=0.2) == {
-            "user-service-a": ("users", "http://10.1.0.1:3007/metrics"),
-            "notification-service-a": ("notifications", "http://10.1.0.2:3004/metrics"),
-            "api-gateway-a": ("gateway", "http://10.1.0.3:8000/metrics"),
+            "user-service-a": ("users", "http://10.1.0.1:4007/metrics"),
+            "notification-service-a": ("notifications", "http://10.1.0.2:4004/metrics"),
+            "api-gateway-a": ("gateway", "http://10.1.0.3:9000/metrics"),
         }
     finally:
         started.close()

@@ -78,7 +78,7 @@ def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tm
         email = unique_email("traced")
         status, body = request_json("POST", f"{gateway.url}/api/v1/auth/register",
                                     {"email": email, "password": "correct horse battery", "name": "T"})
-        assert status == 201, body
+        assert status == 202, body
 
         def complete_trace() -> list[dict] | None:
             for spans in receiver.traces().values():

@@ -16,8 +16,8 @@ from prognetwork.kit import db as kit_db
 from prognetwork.notifications import service
 from prognetwork.notifications.email import SendGridProvider
 from prognetwork.notifications.models import EmailMessage
+from tests.accounts import PASSWORD, assert_problem, register, verified_user
 from tests.conftest import unique_email
-from tests.integration.test_users_auth import PASSWORD, assert_problem, register
 from tests.support import eventually_async
 
 
@@ -28,18 +28,59 @@ async def outbox_for(client, email: str) -> list[dict]:
 
 
 async def test_registration_sends_one_verification_email(users, notifications, db):
-    email, response = await register(users, name="Grace <b>")
-    assert response.status_code == 201
+    email, response = await register(users, name="Grace <b> visit evil.example")
+    assert response.status_code == 202
     (message,) = await eventually_async(lambda: outbox_for(notifications, email), what="verification email")
     assert message["to"] == email and message["subject"] == "Verify your ProgNetwork email address"
     assert set(message) >= {"to", "subject", "text", "html", "sent_at"}
     token = re.search(r"token=([\w-]+)", message["text"]).group(1)
-    assert "Grace &lt;b&gt;" in message["html"] and "<b>" not in message["html"]
-    # The link in the email verifies the account, and the user can then log in.
-    assert (await users.post("/v1/auth/verify-email", json={"token": token})).status_code == 200
+    # Nothing the registrant typed reaches an address nobody has proved yet.
+    assert "Grace" not in message["text"] + message["html"] and "evil.example" not in message["html"]
+    # The link in the email (with the password chosen) verifies the account; the user can then log in.
+    verify = {"token": token, "password": PASSWORD}
+    assert (await users.post("/v1/auth/verify-email", json=verify)).status_code == 200
     assert (await users.post("/v1/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
     status = await db.fetchrow("SELECT status, attempts, provider FROM email_messages WHERE recipient = $1", email)
     assert dict(status) == {"status": "sent", "attempts": 1, "provider": "outbox"}
+
+
+async def test_registering_a_taken_address_emails_its_owner(users, notifications, db):
+    email = await verified_user(users, db)
+    await eventually_async(lambda: outbox_for(notifications, email), what="verification email")
+    _, response = await register(users, email, name="Impostor")
+    assert response.status_code == 202
+    messages = await eventually_async(
+        lambda: _with_count(outbox_for(notifications, email), 2), what="registration-attempted email")
+    notice = messages[0]
+    assert notice["subject"] == "Someone tried to register with your address"
+    assert "/reset-password" in notice["text"] and "Impostor" not in notice["text"] + notice["html"]
+
+
+async def test_password_reset_emails_a_link_that_works(users, notifications, db):
+    email = await verified_user(users, db)
+    assert (await users.post("/v1/auth/password-reset", json={"email": email})).status_code == 202
+    messages = await eventually_async(lambda: _with_count(outbox_for(notifications, email), 2), what="reset email")
+    reset = messages[0]
+    assert reset["subject"] == "Reset your ProgNetwork password"
+    token = re.search(r"reset-password\?token=([\w-]+)", reset["text"]).group(1)
+    assert (await users.post("/v1/auth/password-reset/confirm",
+                             json={"token": token, "password": "another fine passphrase"})).status_code == 204
+    # An address without an account gets nothing at all.
+    nobody = unique_email("nobody")
+    assert (await users.post("/v1/auth/password-reset", json={"email": nobody})).status_code == 202
+    await eventually_async(lambda: _handled_past(db, nobody), what="the consumer to pass the request")
+    assert await outbox_for(notifications, nobody) == []
+
+
+async def _with_count(messages, count: int):
+    found = await messages
+    return found if len(found) >= count else None
+
+
+async def _handled_past(db, email: str) -> bool:
+    seq = await db.fetchval("SELECT max(seq) FROM events WHERE payload->>'email' = $1", email)
+    position = await db.fetchval("SELECT position FROM consumer_cursors WHERE name = 'notifications.email'")
+    return seq is not None and position is not None and position >= seq
 
 
 async def test_outbox_lists_newest_first_and_filters(users, notifications):

@@ -28,9 +28,9 @@ def jwks_server(signing_key):
     server.close()
 
 
-def start_streaming(database_url: str, jwks_url: str, tmp, **overrides: str) -> ThreadServer:
+def start_streaming(database_url: str, redis_url: str, jwks_url: str, tmp, **overrides: str) -> ThreadServer:
     settings = Settings(**{
-        "PROG_ENV": "development", "DATABASE_URL": database_url, "USERS_URL": jwks_url,
+        "PROG_ENV": "development", "DATABASE_URL": database_url, "REDIS_URL": redis_url, "USERS_URL": jwks_url,
         "PROG_STATE_DIR": str(tmp), "STREAM_POLL_SECONDS": "1", **overrides,
     })
     server = ThreadServer(create_app(settings))
@@ -41,16 +41,16 @@ def start_streaming(database_url: str, jwks_url: str, tmp, **overrides: str) -> 
 
 
 @pytest.fixture(scope="module")
-def streaming(database_url, jwks_server, tmp_path_factory):
-    server = start_streaming(database_url, jwks_server.url, tmp_path_factory.mktemp("streaming"))
+def streaming(database_url, redis_url, jwks_server, tmp_path_factory):
+    server = start_streaming(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("streaming"))
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
-def tight(database_url, jwks_server, tmp_path_factory):
+def tight(database_url, redis_url, jwks_server, tmp_path_factory):
     """Small queues, fast heartbeats and a small payload limit, to reach each limit quickly."""
-    server = start_streaming(database_url, jwks_server.url, tmp_path_factory.mktemp("tight"),
+    server = start_streaming(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("tight"),
                              STREAM_QUEUE_LIMIT="4", STREAM_HEARTBEAT_SECONDS="0.2", STREAM_MAX_PAYLOAD_BYTES="1024")
     yield server
     server.close()
@@ -80,6 +80,26 @@ async def test_a_stream_needs_a_valid_token(streaming, http, signing_key):
     for path in ("/v1/events/stream", "/v1/events"):
         async with http.get(f"{streaming.url}{path}", headers=bearer(forged)) as response:
             assert response.status == 401 and (await response.json())["type"].endswith("/invalid-token")
+
+
+async def test_a_signed_out_session_is_refused(streaming, http, signing_key, redis_url):
+    from redis.asyncio import Redis
+
+    from prognetwork.kit.revocation import Revocations
+
+    sid = uuid.uuid4().hex
+    token = mint(signing_key, uuid.uuid4(), sid=sid)
+    async with http.get(f"{streaming.url}/v1/events", headers=bearer(token)) as response:
+        assert response.status == 200
+    redis = Redis.from_url(redis_url)
+    try:
+        await Revocations(redis).revoke([sid], 60)
+    finally:
+        await redis.aclose()
+    for path in ("/v1/events/stream", "/v1/events"):
+        async with http.get(f"{streaming.url}{path}", headers=bearer(token)) as response:
+            problem = await response.json()
+            assert response.status == 401 and "signed out" in problem["detail"], problem
 
 
 async def test_each_viewer_sees_exactly_what_it_may(streaming, http, sessions, signing_key):

@@ -14,74 +14,42 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prognetwork.users.keys import generate_pem, load_key
 from prognetwork.users.service import VERIFY_PURPOSE
 from prognetwork.users.sessions import digest
+from tests.accounts import PASSWORD, assert_problem, login, register, verification_token, verified_user
 from tests.conftest import unique_email
-
-PASSWORD = "correct horse battery staple"
-
-
-async def register(client, email: str | None = None, password: str = PASSWORD, name: str = "Ada"):
-    email = email or unique_email()
-    response = await client.post("/v1/auth/register", json={"email": email, "password": password, "name": name})
-    return email, response
-
-
-async def verification_token(db, email: str) -> str:
-    row = await db.fetchrow(
-        "SELECT payload FROM events WHERE type = 'user.email_verification_requested' "
-        "AND payload->>'email' = $1 ORDER BY seq DESC LIMIT 1",
-        email.lower(),
-    )
-    return json.loads(row["payload"])["token"]
-
-
-async def verified_user(client, db, email: str | None = None) -> str:
-    email, response = await register(client, email)
-    assert response.status_code == 201, response.text
-    token = await verification_token(db, email)
-    verified = await client.post("/v1/auth/verify-email", json={"token": token})
-    assert verified.status_code == 200, verified.text
-    return email
-
-
-async def login(client, email: str, password: str = PASSWORD):
-    return await client.post("/v1/auth/login", json={"email": email, "password": password})
-
-
-def assert_problem(response, status: int, kind: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["detail"] and body["title"]
-    if kind:
-        assert body["type"].endswith("/" + kind), body
-    return body
 
 
 async def test_register_creates_unverified_account_and_events(users, db):
     email, response = await register(users, unique_email("Mixed.Case").replace("mixed", "MiXeD"))
-    assert response.status_code == 201
-    body = response.json()
-    assert body["email"] == email.lower() and body["email_verified"] is False and body["name"] == "Ada"
-    assert response.headers["location"] == "/v1/users/me"
-    stored = await db.fetchrow("SELECT password_hash FROM users WHERE email = $1", email.lower())
+    assert response.status_code == 202
+    assert response.json()["status"] == "accepted"
+    stored = await db.fetchrow("SELECT id, name, password_hash, email_verified_at FROM users WHERE email = $1",
+                               email.lower())
     assert stored["password_hash"].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
-    rows = await db.fetch("SELECT type, private, payload FROM events WHERE user_id = $1 ORDER BY seq", uuid.UUID(body["id"]))
+    assert stored["name"] == "Ada" and stored["email_verified_at"] is None
+    rows = await db.fetch("SELECT type, private, payload FROM events WHERE user_id = $1 ORDER BY seq", stored["id"])
     assert [(r["type"], r["private"]) for r in rows] == [
         ("user.registered", False), ("user.email_verification_requested", True),
     ]
     public = json.loads(rows[0]["payload"])
-    assert public == {"user_id": body["id"], "email": email.lower(), "name": "Ada"}
+    assert public == {"user_id": str(stored["id"]), "email": email.lower(), "name": "Ada"}
     assert "token" not in rows[0]["payload"]
+    # Mail to an address nobody has proved yet carries no text the registrant chose.
+    assert "name" not in json.loads(rows[1]["payload"])
 
 
-async def test_duplicate_email_is_409_and_changes_nothing(users, db):
-    email, first = await register(users)
-    assert first.status_code == 201
-    before = await db.fetchval("SELECT count(*) FROM events")
-    _, again = await register(users, email.upper(), name="Someone Else")
-    assert_problem(again, 409, "email-taken")
-    assert await db.fetchval("SELECT count(*) FROM events") == before
-    assert await db.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
+async def test_registration_answers_alike_whether_or_not_the_address_is_taken(users, db):
+    email = await verified_user(users, db)
+    _, fresh = await register(users, unique_email("fresh"))
+    _, taken = await register(users, email.upper(), password="another password!", name="Someone Else")
+    assert (taken.status_code, taken.json()) == (fresh.status_code, fresh.json()) == (202, fresh.json())
+    stored = await db.fetchrow("SELECT id, name FROM users WHERE email = $1", email)
+    assert stored["name"] == "Ada"
+    assert (await login(users, email)).status_code == 200  # the owner's password is untouched
+    assert_problem(await login(users, email, "another password!"), 401, "invalid-credentials")
+    # The owner is told by email instead (an event the notification service turns into one).
+    told = await db.fetchval("SELECT count(*) FROM events WHERE user_id = $1 AND type = 'user.registration_attempted'",
+                             stored["id"])
+    assert told == 1
 
 
 async def test_full_flow_verify_login_me(users, db):
@@ -102,9 +70,11 @@ async def test_full_flow_verify_login_me(users, db):
 async def test_verification_token_works_once(users, db):
     email, _ = await register(users)
     token = await verification_token(db, email)
-    assert (await users.post("/v1/auth/verify-email", json={"token": token})).status_code == 200
-    assert_problem(await users.post("/v1/auth/verify-email", json={"token": token}), 400, "invalid-token")
-    assert_problem(await users.post("/v1/auth/verify-email", json={"token": "nope"}), 400, "invalid-token")
+    verify = {"token": token, "password": PASSWORD}
+    assert (await users.post("/v1/auth/verify-email", json=verify)).status_code == 200
+    assert_problem(await users.post("/v1/auth/verify-email", json=verify), 400, "invalid-verification-link")
+    assert_problem(await users.post("/v1/auth/verify-email", json={**verify, "token": "nope"}), 400,
+                   "invalid-verification-link")
     verified_events = await db.fetchval(
         "SELECT count(*) FROM events e JOIN users u ON u.id = e.user_id "
         "WHERE u.email = $1 AND e.type = 'user.email_verified'", email)
@@ -183,7 +153,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(users, db):
     assert_problem(await users.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}),
                    401, "refresh-token-reused")
     assert_problem(await users.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]}),
-                   401, "invalid-token")
+                   401, "invalid-refresh-token")
     user_id = jwt.decode(first["access_token"], options={"verify_signature": False})["sub"]
     revoked = await db.fetchval(
         "SELECT count(*) FROM events WHERE user_id = $1 AND type = 'user.session_revoked'", uuid.UUID(user_id))
@@ -191,7 +161,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(users, db):
 
 
 async def test_unknown_refresh_token_rejected(users):
-    assert_problem(await users.post("/v1/auth/refresh", json={"refresh_token": "x" * 43}), 401, "invalid-token")
+    assert_problem(await users.post("/v1/auth/refresh", json={"refresh_token": "x" * 43}), 401, "invalid-refresh-token")
 
 
 async def test_logout_ends_the_session(users, db):

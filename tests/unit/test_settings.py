@@ -17,7 +17,8 @@ CLEAN = {k: "" for k in ("DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDG
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch, tmp_path):
     for name in list(os.environ):
-        if name.startswith(("PROG_", "DATABASE_", "REDIS_", "JWT_", "SENDGRID", "STRIPE", "APP_URL", "SECRETS_")):
+        if name.startswith(("PROG_", "DATABASE_", "REDIS_", "JWT_", "SENDGRID", "STRIPE", "APP_URL", "SECRETS_",
+                            "FORWARDED_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "no-secrets"))
 
@@ -36,6 +37,7 @@ def good_production(tmp_path) -> dict[str, str]:
         "STRIPE_PUBLISHABLE_KEY": "pk_live_51Hx8mQ2eZvKYlo2C",
         "SECRETS_BACKEND": "file",
         "SECRETS_DIR": str(secrets),
+        "FORWARDED_ALLOW_IPS": "10.0.0.0/16",
     }
 
 
@@ -78,6 +80,29 @@ def test_production_accepts_a_complete_configuration(tmp_path):
 def test_production_refuses_unsafe_values(tmp_path, override, expected):
     problems = Settings(**{**good_production(tmp_path), **override}).problems()
     assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("", "FORWARDED_ALLOW_IPS is required outside development"),
+        ("*", "FORWARDED_ALLOW_IPS must not be *"),
+        ("10.0.0.0/16,0.0.0.0/0", "must not trust 0.0.0.0/0"),
+        ("::/0", "must not trust ::/0"),
+        ("10.0.0.0/16, gateway", "'gateway' is not an IP address or a CIDR range"),
+        ("10.0.0.1/16", "'10.0.0.1/16' is not an IP address or a CIDR range"),  # host bits: uvicorn ignores it
+    ],
+)
+def test_trusted_proxies_are_named_outside_development(tmp_path, value, expected):
+    problems = Settings(**{**good_production(tmp_path), "FORWARDED_ALLOW_IPS": value}).problems()
+    assert [p for p in problems if "FORWARDED_ALLOW_IPS" in p] == [next(p for p in problems if expected in p)], problems
+
+
+def test_trusted_proxies_accept_addresses_and_ranges(tmp_path):
+    settings = Settings(**{**good_production(tmp_path), "FORWARDED_ALLOW_IPS": " 10.0.0.0/16, 192.0.2.7,fd00::/8 "})
+    assert settings.problems() == []
+    assert settings.trusted_proxies == ["10.0.0.0/16", "192.0.2.7", "fd00::/8"]
+    assert Settings(FORWARDED_ALLOW_IPS="*").problems() == []  # development trusts what it is told
 
 
 def test_stripe_live_key_required_where_billing_runs(tmp_path):
@@ -131,6 +156,18 @@ def test_config_check_cli_lists_problems_and_exits_1():
 def test_config_check_cli_accepts_good_production(tmp_path):
     result = run_prog("config", "check", env=good_production(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", [None, "*"])
+def test_config_check_cli_names_a_missing_or_wildcard_trusted_proxy(tmp_path, value):
+    env = {k: v for k, v in good_production(tmp_path).items() if k not in ("FORWARDED_ALLOW_IPS", "DATABASE_URL")}
+    if value is not None:
+        env["FORWARDED_ALLOW_IPS"] = value
+    result = run_prog("config", "check", "--env", "staging", env=env)
+    assert result.returncode == 1
+    # Listed with the other problems (here: the missing database).
+    assert "staging: 2 problem(s)" in result.stdout and "DATABASE_URL is required" in result.stdout
+    assert ("FORWARDED_ALLOW_IPS is required" if value is None else "FORWARDED_ALLOW_IPS must not be *") in result.stdout
 
 
 def test_config_check_cli_rejects_unknown_environment():

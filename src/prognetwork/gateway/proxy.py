@@ -3,6 +3,37 @@
 A plain ASGI callable over one pooled aiohttp session. Everything that can be computed
 once (routes, timeouts, header sets, security headers, metric children) is computed at
 start-up; a request allocates little beyond the header lists it must build.
+
+Paths. The gateway never routes on the server's decoded `path`: `normalise_path` turns the
+raw path into one canonical form, and both the route match and the upstream URL use that
+same string, so they cannot disagree. A path is refused with 400 (problem+json, kind
+`invalid-path`) when it is ambiguous:
+
+- it does not start with '/', or has an empty segment ('//'; one trailing '/' is fine);
+- a byte outside RFC 3986 `pchar` appears unencoded: a backslash, a control character, a
+  space, quotes, non-ASCII bytes...;
+- a '%' is not followed by two hex digits;
+- it encodes '/' or '\\' (`%2F`, `%5C`), a control character (`%00`-`%1F`, `%7F`, C1), or
+  '%' itself (`%25`: double encoding is never needed by our APIs and fools any upstream
+  that decodes twice);
+- its encoded bytes are not valid UTF-8 (overlong forms such as `%C0%AF`, surrogates...);
+- a segment is made of dots only, once decoded and without `;parameters` or trailing
+  spaces ('.', '..', '%2e%2E', '..;x', '...'), or its non-ASCII characters fold (NFKC)
+  into '/', '\\', '%' or such a dot segment (fullwidth solidus, one-dot leader...).
+
+Percent-encoded unreserved characters (ALPHA, DIGIT, '-', '.', '_', '~') are decoded, as
+RFC 3986 section 6.2.2.2 says they are equivalent (`/%61pi/v1` is `/api/v1`); every other
+encoding is kept, with upper-case hex.
+
+Invariant: the upstream URL is built from parts, never by concatenating strings. Its
+scheme, host and port are the route's upstream's, parsed once at start-up; its path is the
+upstream's base path + the remainder, the normalised path after the route's strip prefix.
+The strip prefix ends at a segment boundary, so the remainder is empty or starts with '/',
+and it has no dot or empty segment, so the forwarded path always lies under the route's
+`upstream_prefix`. The query string is passed on as sent: in a URL built from parts it
+follows the '?' and cannot reach the authority or the path. The configuration cannot break
+this either: the gateway does not start unless route prefixes and upstream base paths are
+canonical and upstream URLs are http(s)://host[:port][/path] with nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +54,10 @@ from yarl import URL
 from prognetwork.gateway.ratelimit import Decision, RateLimiter
 from prognetwork.kit import tokens, tracing
 from prognetwork.kit.app import on_disconnect
+from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
+from prognetwork.kit.revocation import Revocations
 from prognetwork.kit.settings import Settings
 
 log = structlog.get_logger("prognetwork.gateway")
@@ -65,11 +99,16 @@ class CompiledRoute:
     prefix: str
     prefix_slash: str
     upstream: str
-    base_url: str
+    # The upstream URL in parts, parsed once: a request can change none of them.
+    scheme: str
+    host: str  # as it goes in a URL: IDNA-encoded, IPv6 in brackets
+    port: int | None  # None: the scheme's default
+    base_path: str  # '' or '/…' without a trailing '/'
+    strip: int  # characters of the normalised path dropped before it is appended to base_path
+    upstream_prefix: str  # every path forwarded for this route is this or lies under it
     public: bool
     limit: str
     stream: bool
-    strip: int
     timeout: aiohttp.ClientTimeout
     first_byte_seconds: float  # streams have no read timeout, but their headers must come in time
     latency: Any  # the pre-bound histogram child
@@ -79,23 +118,178 @@ class CompiledRoute:
 
 
 def compile_routes(settings: Settings) -> list[CompiledRoute]:
-    upstreams = settings.upstreams
+    upstreams = {
+        name: _upstream_parts(name, url) for name, url in settings.upstreams.items()
+        if any(route.upstream == name for route in settings.routes)
+    }
     compiled = []
     for route in settings.routes:
         prefix = route.prefix.rstrip("/") or "/"
+        _require_canonical(prefix, f"route prefix {route.prefix!r}")
+        strip_prefix = route.strip_prefix.rstrip("/")
+        # Only a whole-segment strip keeps the remainder empty or starting with '/'.
+        strip = len(strip_prefix) if strip_prefix and (
+            prefix == strip_prefix or prefix.startswith(strip_prefix + "/")) else 0
+        scheme, host, port, base_path = upstreams[route.upstream]
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.upstream_connect_timeout_seconds,
             sock_read=None if route.stream else settings.upstream_timeout_seconds,
         )
         compiled.append(CompiledRoute(
-            path=prefix if "." in prefix.rsplit("/", 1)[-1] else prefix + "/*",
-            prefix=prefix, prefix_slash=prefix + "/", upstream=route.upstream,
-            base_url=upstreams[route.upstream].rstrip("/"), public=route.public, limit=route.limit,
-            stream=route.stream, strip=len(route.strip_prefix) if prefix.startswith(route.strip_prefix) else 0,
+            path=prefix if "." in prefix.rsplit("/", 1)[-1] else prefix.rstrip("/") + "/*",
+            prefix=prefix, prefix_slash=prefix.rstrip("/") + "/", upstream=route.upstream,
+            scheme=scheme, host=host, port=port, base_path=base_path, strip=strip,
+            upstream_prefix=base_path + prefix[strip:] or "/",
+            public=route.public, limit=route.limit, stream=route.stream,
             timeout=timeout, first_byte_seconds=settings.upstream_timeout_seconds,
             latency=UPSTREAM_LATENCY.labels(route.upstream),
         ))
     return compiled
+
+
+def _upstream_parts(name: str, url: str) -> tuple[str, str, int | None, str]:
+    parsed = URL(url)
+    if (parsed.scheme not in ("http", "https") or not parsed.raw_host or parsed.raw_user is not None
+            or parsed.raw_password is not None or parsed.raw_query_string or parsed.raw_fragment):
+        raise ValueError(
+            f"upstream {name!r} must be http(s)://host[:port][/path] without credentials, query or fragment: {url!r}"
+        )
+    base_path = parsed.raw_path.rstrip("/")
+    if base_path:
+        _require_canonical(base_path, f"the path of upstream {name!r}")
+    return parsed.scheme, parsed.host_subcomponent or parsed.raw_host, parsed.explicit_port, base_path
+
+
+def _require_canonical(path: str, what: str) -> None:
+    try:
+        canonical = normalise_path(path.encode())
+    except Problem as problem:
+        raise ValueError(f"{what} is not a valid path: {problem.detail}") from None
+    if canonical != path:
+        raise ValueError(f"{what} must be written in canonical form: {canonical!r}")
+
+
+# Path bytes taken as they are: RFC 3986 pchar (unreserved, sub-delims, ':' and '@'), the
+# segment separator and the start of a percent-encoding.
+UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+PATH_BYTES = UNRESERVED + b"!$&'()*+,;=:@/%"
+_UNRESERVED = frozenset(UNRESERVED)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+# What NFKC folding must not produce from non-ASCII characters in a segment.
+_FOLDS_TO_DELIMITER = ("/", "\\", "%")
+
+
+def _invalid(detail: str) -> Problem:
+    return Problem(400, detail, kind="invalid-path")
+
+
+def normalise_path(raw: bytes) -> str:
+    """The canonical form of a raw request path, or a 400 Problem saying what is ambiguous.
+
+    The rules are in the module docstring. Route matching and `upstream_url` both take the
+    result, so what was matched is exactly what is forwarded.
+    """
+    unexpected = raw.translate(None, PATH_BYTES)
+    if unexpected:
+        raise _invalid(_unexpected_detail(unexpected[0]))
+    # All ASCII now; substring tests on str are several times faster than on bytes.
+    path = raw.decode("ascii")
+    if path[:1] != "/":
+        raise _invalid("The path must start with '/'.")
+    if "//" in path:
+        raise _invalid("The path has an empty segment ('//'); send one '/' between segments.")
+    if "%" not in path and "/." not in path:
+        return path  # nothing to decode and no segment starting with a dot: already canonical
+    return "/".join([_segment(segment) for segment in path.split("/")])
+
+
+def upstream_url(route: CompiledRoute, path: str, query: bytes) -> URL:
+    """Where a request goes: `path` is normalise_path's result and matched `route`.
+
+    Scheme, host and port are the route's, fixed at start-up. The remainder, path[strip:],
+    is empty or starts with '/' (the strip ends at a segment boundary of the matched prefix)
+    and has no dot or empty segment (normalise_path), so base_path + remainder stays under
+    route.upstream_prefix. The query is passed on as sent: it only ever follows the '?'.
+    """
+    return URL.build(
+        scheme=route.scheme, host=route.host, port=route.port, path=route.base_path + path[route.strip:] or "/",
+        query_string=query.decode("latin-1"), encoded=True,
+    )
+
+
+def _unexpected_detail(byte: int) -> str:
+    if byte == 0x5C:
+        return "The path contains a backslash; only '/' separates segments."
+    if byte < 0x20 or byte == 0x7F:
+        return f"The path contains a control character (0x{byte:02X})."
+    if byte >= 0x80:
+        return "The path contains raw non-ASCII bytes; percent-encode their UTF-8 form."
+    return f"The path contains {chr(byte)!r}, which must be percent-encoded."
+
+
+def _segment(segment: str) -> str:
+    if "%" in segment:
+        canonical, decoded = _decode_segment(segment.encode("ascii"))
+    else:
+        canonical = decoded = segment
+    if _is_dot_segment(decoded):
+        raise _invalid(
+            f"The path has a dot segment ({canonical!r}); send the path without '.' or '..' segments."
+        )
+    return canonical
+
+
+def _is_dot_segment(segment: str) -> bool:
+    # Dots only, once ';parameters' and trailing spaces are dropped: '..;x' and '.. ' are '..'
+    # to some servers, '...' to others.
+    name = segment.partition(";")[0].rstrip(" ")
+    return bool(name) and not name.strip(".")
+
+
+def _decode_segment(segment: bytes) -> tuple[str, str]:
+    """(canonical, decoded) forms of one segment holding percent-encodings."""
+    canonical: list[str] = []
+    decoded = bytearray()
+    wide = False
+    i, end = 0, len(segment)
+    while i < end:
+        byte = segment[i]
+        if byte != 0x25:
+            canonical.append(chr(byte))
+            decoded.append(byte)
+            i += 1
+            continue
+        digits = segment[i + 1:i + 3]
+        if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX:
+            raise _invalid("The path has a '%' that is not followed by two hex digits.")
+        value = int(digits, 16)
+        i += 3
+        if value in _UNRESERVED:
+            canonical.append(chr(value))  # %61 is 'a': RFC 3986 section 6.2.2.2
+        elif value == 0x2F or value == 0x5C:
+            raise _invalid(f"The path encodes a {'slash' if value == 0x2F else 'backslash'} (%{value:02X}); "
+                           "a segment cannot contain one.")
+        elif value == 0x25:
+            raise _invalid("The path encodes '%' (%25): double-encoded paths are not accepted.")
+        elif value < 0x20 or value == 0x7F:
+            raise _invalid(f"The path encodes a control character (%{value:02X}).")
+        else:
+            canonical.append(f"%{value:02X}")
+            wide = wide or value >= 0x80
+        decoded.append(value)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(
+            "The path's percent-encoded bytes are not valid UTF-8 (overlong forms and surrogates are refused)."
+        ) from None
+    if wide:
+        if any(unicodedata.category(char) == "Cc" for char in text):
+            raise _invalid("The path encodes a control character.")
+        folded = unicodedata.normalize("NFKC", text)
+        if any(d in folded for d in _FOLDS_TO_DELIMITER) or _is_dot_segment(folded):
+            raise _invalid("The path has characters that are equivalent (NFKC) to '/', '\\', '%' or a dot segment.")
+    return "".join(canonical), text
 
 
 class Proxy:
@@ -108,8 +302,10 @@ class Proxy:
         )
         self.session: aiohttp.ClientSession | None = None
         self.limiter: RateLimiter | None = None
+        self.revocations: Revocations | None = None
 
     def match(self, path: str) -> CompiledRoute | None:
+        """The first route for `path`, which must be normalise_path's result (what is forwarded)."""
         for route in self.routes:
             if route.matches(path):
                 return route
@@ -122,6 +318,7 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
         self.limiter = RateLimiter(redis, self.settings.gateway_rate_limits)
+        self.revocations = Revocations(redis)
 
     async def close(self) -> None:
         if self.session is not None:
@@ -141,7 +338,7 @@ class Proxy:
         assert self.session is not None and self.limiter is not None
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        claims = None if route.public else await self._authenticate(headers)
+        claims = None if route.public else await self._authenticate(headers, method)
         client = scope.get("client")
         client_ip = client[0] if client else "unknown"
         decision = await self.limiter.check(
@@ -155,15 +352,13 @@ class Proxy:
             return  # the client left before sending its request
         outgoing = _upstream_headers(headers, scope, client_ip, claims)
         query = scope["query_string"]
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        target = route.base_url + raw_path.decode("latin-1")[route.strip:]
-        if query:
-            target += "?" + query.decode("latin-1")
+        # The path the gateway matched (normalise_path), never the server's decoded one.
+        target = upstream_url(route, scope["prog.path"], query)
 
         started = time.perf_counter()
         try:
             pending = self.session.request(
-                method, URL(target, encoded=True), headers=outgoing, data=body or None,
+                method, target, headers=outgoing, data=body or None,
                 timeout=route.timeout, allow_redirects=False,
             )
             upstream = await (asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending)
@@ -181,23 +376,26 @@ class Proxy:
         finally:
             upstream.release()
 
-    async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> dict[str, Any]:
         value = next((v for k, v in headers if k == b"authorization"), None)
-        if value is None or not value[:7].lower() == b"bearer ":
-            AUTH_FAILURES.labels("missing").inc()
-            raise Problem(
-                401, "Send an access token: Authorization: Bearer <token>.", kind="unauthenticated",
-                headers={"WWW-Authenticate": 'Bearer realm="prognetwork"'},
-            )
-        assert self.session is not None
         try:
-            return await self.jwks.verify(value[7:].strip().decode("latin-1"), self.session)
+            token = bearer_token(value.decode("latin-1") if value is not None else None)
+        except Problem:
+            AUTH_FAILURES.labels("missing").inc()
+            raise
+        assert self.session is not None and self.revocations is not None
+        try:
+            claims = await self.jwks.verify(token, self.session)
         except tokens.InvalidToken as exc:
             AUTH_FAILURES.labels("invalid").inc()
-            raise Problem(
-                401, f"The access token is not valid: {exc}.", kind="invalid-token",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            ) from None
+            raise invalid_token(str(exc)) from None
+        try:
+            await self.revocations.ensure_active(claims, method)
+        except Problem as problem:
+            if problem.status == 401:
+                AUTH_FAILURES.labels("revoked").inc()
+            raise
+        return claims
 
 
 async def _read_body(receive: Any) -> bytes | None:

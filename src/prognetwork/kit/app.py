@@ -2,7 +2,9 @@
 
 It gives each service the same operational surface: `/health` (liveness, no dependency
 calls), `/readiness` (dependencies reachable, schema migrated, not shutting down),
-`/metrics`, request ids, JSON access logs, problem+json errors and a bounded request body.
+`/metrics`, `/docs`, request ids, JSON access logs, problem+json errors and a bounded request
+body. A served process answers OPS_PATHS on its ops port only, and only them there
+(kit/server.py); an app called directly (tests) answers every path.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prognetwork.kit.settings import SERVICE_DEPENDENCIES, Settings
 
 access_log = structlog.get_logger("prognetwork.access")
 QUIET_PATHS = frozenset({"/health", "/readiness", "/metrics"})
+OPS_PATHS = QUIET_PATHS | {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CHECK_TIMEOUT = 2.0
 

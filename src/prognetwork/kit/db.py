@@ -36,9 +36,11 @@ def create_engine(dsn: str, pool_size: int = 20) -> AsyncEngine:
     # No pre-ping (a round trip per checkout): after a database restart the first statement on a
     # stale connection fails, SQLAlchemy then drops every connection older than that failure,
     # and that one request answers 503 — usually a readiness probe.
+    # hide_parameters: a statement's bound values (password hashes, emails, tokens) stay out of
+    # exception messages, so an error log line or traceback never carries them.
     return create_async_engine(
         sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=pool_size, pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": 30}, hide_parameters=True,
     )
 
 

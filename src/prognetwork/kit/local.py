@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import subprocess
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 DATABASE = "prognetwork"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~107 bytes
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class LocalServerError(RuntimeError):
@@ -45,7 +47,10 @@ def start_postgres(directory: Path, database: str = DATABASE) -> LocalServer:
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines narrate every step
     directory.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(directory.resolve(), cleanup_mode="stop")
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if not IDENTIFIER.fullmatch(database):
+        raise ValueError(f"database name {database!r} must be a plain identifier (letters, digits, _)")
+    # psql takes no bind parameters; the name was checked to be a plain identifier above.
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     socket_dir = server.get_uri().split("host=", 1)[1]
@@ -56,7 +61,7 @@ def _socket_path(directory: Path) -> Path:
     path = directory.resolve() / "redis.sock"
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
-    short = Path(tempfile.gettempdir()) / f"prog-redis-{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+    short = Path(tempfile.gettempdir()) / f"prog-redis-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
     short.mkdir(mode=0o700, exist_ok=True)
     return short / "redis.sock"
 
@@ -73,7 +78,7 @@ def start_redis(directory: Path, timeout: float = 15.0) -> LocalServer:
     socket = _socket_path(directory)
     socket.unlink(missing_ok=True)
     log = open(directory / "redis.log", "ab")
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - our own redis-server binary, fixed arguments, no shell
         [
             str(redis_binary()), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700",
             "--dir", str(directory.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sysconfig
+import traceback
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -11,13 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_BASE = "https://prognetwork.dev/problems/"
 # A database or cache that cannot be reached is an outage to retry, not a bug: 503.
 OUTAGES = (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceError, OSError)
 RETRY_AFTER_SECONDS = "5"
+# SQLSTATE class 22 (data exception): a value the database cannot take, e.g. NUL in text.
+DATA_EXCEPTION_CLASS = "22"
+LOGGED_FRAMES = 8
+_LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
+_OURS = str(Path(__file__).resolve().parent.parent)
 MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("prognetwork.errors")
 
@@ -111,6 +119,31 @@ def install(app: FastAPI) -> None:
 
     for outage in OUTAGES:
         app.add_exception_handler(outage, _outage)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Not log.exception: the driver's message and the exceptions chained to it quote the
+        # offending values ("invalid input for query argument $1: '...'", "Key (email)=(...)
+        # already exists"), which hide_parameters cannot reach. The SQLSTATE, the statement
+        # (placeholders only) and the frames that led there are enough to find the cause.
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+        frames = traceback.extract_tb(exc.__traceback__)
+        # The application's frames say where; the driver's own frames below them do not.
+        ours = [f for f in frames if f.filename.startswith(_OURS) or not f.filename.startswith(_LIBRARIES)]
+        where = [f"{f.filename}:{f.lineno} in {f.name}" for f in ours or frames]
+        fields = dict(path=request.url.path, sqlstate=sqlstate, error=type(exc.orig).__name__,
+                      statement=(exc.statement or "")[:500], stack=where[-LOGGED_FRAMES:])
+        if sqlstate.startswith(DATA_EXCEPTION_CLASS):
+            # Input that got past validation at the edge: the caller's to fix, not a server fault.
+            log.warning("database rejected a value", **fields)
+            return problem_response(
+                400, "A value in this request cannot be stored; nothing was changed.",
+                kind="invalid-value", instance=request.url.path,
+            )
+        log.error("unhandled database error", **fields)
+        return problem_response(
+            500, "An unexpected error occurred; it has been logged.", instance=request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

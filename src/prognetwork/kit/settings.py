@@ -7,6 +7,7 @@ problem at once so an operator fixes them in one pass.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from pathlib import Path
@@ -27,13 +28,18 @@ SERVICE_PORTS: dict[str, int] = {
     "notifications": 3004,
     "streaming": 8001,
 }
+# The port of each service's operational endpoints (/health, /readiness, /metrics, /docs,
+# /openapi.json), apart from its API so only probes and Prometheus reach them; `OPS_PORT`
+# overrides it for a single process. The API port + 1000 (billing 4003 and admin 4000 to come).
+SERVICE_OPS_PORTS: dict[str, int] = {name: port + 1000 for name, port in SERVICE_PORTS.items()}
 
 # What each service needs from the outside world, for readiness and for validation.
 SERVICE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "users": frozenset({"postgres", "redis"}),
     "notifications": frozenset({"postgres"}),
     "gateway": frozenset({"redis"}),
-    "streaming": frozenset({"postgres"}),
+    # Redis holds the signed-out sessions every verifier checks.
+    "streaming": frozenset({"postgres", "redis"}),
 }
 
 # Secrets each service reads through the secrets provider (never from plain settings).
@@ -111,11 +117,21 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(30 * 86400, alias="REFRESH_TOKEN_TTL_SECONDS", ge=300)
     email_token_ttl_seconds: int = Field(86400, alias="EMAIL_TOKEN_TTL_SECONDS", ge=60)
 
-    # Login throttling: failures per account, attempts per client address.
+    # Login throttling (the policy is in README "Sign-in protection"): failures per account from one
+    # address or one known device, failures per account from all unknown devices together,
+    # attempts per client address, and how long a known device stays known.
     login_failures_per_account: int = Field(5, alias="LOGIN_FAILURES_PER_ACCOUNT", ge=1)
+    login_failures_per_account_unknown_devices: int = Field(
+        20, alias="LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES", ge=1
+    )
     login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS", ge=1)
     login_attempts_per_address: int = Field(30, alias="LOGIN_ATTEMPTS_PER_ADDRESS", ge=1)
     login_address_window_seconds: int = Field(300, alias="LOGIN_ADDRESS_WINDOW_SECONDS", ge=1)
+    device_token_ttl_seconds: int = Field(90 * 86400, alias="DEVICE_TOKEN_TTL_SECONDS", ge=3600)
+    password_reset_ttl_seconds: int = Field(3600, alias="PASSWORD_RESET_TTL_SECONDS", ge=60, le=86400)
+    # A registration never verified is deleted after this long (its address is free again before that:
+    # registering it anew replaces the unverified account).
+    unverified_account_ttl_seconds: int = Field(7 * 86400, alias="UNVERIFIED_ACCOUNT_TTL_SECONDS", ge=3600)
 
     email_from: str = Field("ProgNetwork <no-reply@prognetwork.dev>", alias="EMAIL_FROM")
     email_max_attempts: int = Field(8, alias="EMAIL_MAX_ATTEMPTS", ge=1)
@@ -152,7 +168,14 @@ class Settings(BaseSettings):
     # for `drain` seconds so load balancers notice, then in-flight work gets `timeout` seconds.
     shutdown_drain_seconds: float | None = Field(None, alias="SHUTDOWN_DRAIN_SECONDS", ge=0)
     shutdown_timeout_seconds: float = Field(25.0, alias="SHUTDOWN_TIMEOUT_SECONDS", ge=0)
-    forwarded_allow_ips: str = Field("127.0.0.1", alias="FORWARDED_ALLOW_IPS")
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: IPs and CIDR ranges, comma
+    # separated. None by default: the client address (rate limits, login throttling) is the
+    # connection's own unless it comes from a proxy named here.
+    forwarded_allow_ips: str = Field("", alias="FORWARDED_ALLOW_IPS")
+
+    # Request line + headers: refused with 431 while being parsed, past either limit.
+    max_header_bytes: int = Field(32 * 1024, alias="MAX_HEADER_BYTES", ge=1024, le=1 << 20)
+    max_header_count: int = Field(100, alias="MAX_HEADER_COUNT", ge=10, le=1000)
 
     @model_validator(mode="after")
     def _routes_are_resolvable(self) -> Settings:
@@ -174,6 +197,10 @@ class Settings(BaseSettings):
         if "gateway_routes" in self.model_fields_set or not self.is_development:
             return self.gateway_routes
         return self.gateway_routes + DEVELOPMENT_ROUTES
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [entry.strip() for entry in self.forwarded_allow_ips.split(",") if entry.strip()]
 
     @property
     def is_development(self) -> bool:
@@ -223,6 +250,7 @@ class Settings(BaseSettings):
                 found.append(f"{name} must be an https:// URL outside development (got {value!r})")
             elif any(m in value.lower() for m in ("localhost", "127.0.0.1")):
                 found.append(f"{name} must not point at localhost outside development")
+        found += _forwarded_problems(self.trusted_proxies)
         if "billing" in services and self.env == "production" and not self.stripe_publishable_key.startswith("pk_live_"):
             found.append("STRIPE_PUBLISHABLE_KEY must be a live key (pk_live_…) in production")
         for service in services:
@@ -245,6 +273,25 @@ def _database_problems(url: SecretStr | None, env: str) -> list[str]:
         mode = (query.get("sslmode") or query.get("ssl") or [""])[0]
         if mode not in ("require", "verify-ca", "verify-full"):
             found.append("DATABASE_URL must set sslmode=require (or verify-full) in production")
+    return found
+
+
+def _forwarded_problems(trusted: list[str]) -> list[str]:
+    if not trusted:
+        return ["FORWARDED_ALLOW_IPS is required outside development: the proxy addresses or CIDR ranges "
+                "whose X-Forwarded-For is believed (the gateway's: the edge proxy's; the services': the gateway's)"]
+    found = []
+    for entry in trusted:
+        try:
+            network = ipaddress.ip_network(entry)  # strict, as uvicorn parses it: host bits must be zero
+        except ValueError:
+            if entry == "*":
+                found.append("FORWARDED_ALLOW_IPS must not be *: every client could pick its own address")
+            else:
+                found.append(f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or a CIDR range")
+            continue
+        if network.prefixlen == 0:
+            found.append(f"FORWARDED_ALLOW_IPS must not trust {entry}: every client could pick its own address")
     return found
 
 

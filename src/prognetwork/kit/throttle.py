@@ -16,6 +16,15 @@ return {count, ttl}
 """
 
 
+# DECR each key that still exists, never below zero (a window that expired stays gone).
+_UNDO = """
+for _, key in ipairs(KEYS) do
+  if (tonumber(redis.call('GET', key) or '0')) > 0 then redis.call('DECR', key) end
+end
+return 0
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     count: int
@@ -26,6 +35,7 @@ class Counter:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._hit = redis.register_script(_HIT)
+        self._undo = redis.register_script(_UNDO)
 
     async def hit(self, key: str, window_seconds: int) -> Window:
         count, ttl_ms = await self._hit(keys=[key], args=[window_seconds * 1000])
@@ -35,6 +45,11 @@ class Counter:
         async with self.redis.pipeline(transaction=False) as pipe:
             count, ttl_ms = await pipe.get(key).pttl(key).execute()
         return Window(int(count or 0), max(1, -(-max(int(ttl_ms), 0) // 1000)))
+
+    async def undo(self, *keys: str) -> None:
+        """Take back one hit from each key (an attempt that turned out not to count)."""
+        if keys:
+            await self._undo(keys=list(keys))
 
     async def reset(self, key: str) -> None:
         await self.redis.delete(key)

@@ -27,7 +27,8 @@ def run_sync(connection) -> None:
 
 async def run_online() -> None:
     dsn = config.attributes.get("dsn") or Settings().database_dsn
-    engine = create_async_engine(sqlalchemy_url(dsn))
+    # Data migrations bind real values; keep them out of error messages and logs.
+    engine = create_async_engine(sqlalchemy_url(dsn), hide_parameters=True)
     async with engine.connect() as connection:
         await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         await connection.commit()

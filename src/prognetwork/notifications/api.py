@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit.app import db_session
+from prognetwork.kit.validation import Text
 from prognetwork.notifications.models import DevOutboxMessage
 
 # Mounted only when PROG_ENV=development; elsewhere the path does not exist (404).
@@ -31,7 +32,7 @@ class OutboxMessageOut(BaseModel):
 @dev_router.get("/v1/dev/outbox", response_model=list[OutboxMessageOut])
 async def outbox(
     db: Annotated[AsyncSession, Depends(db_session)],
-    to: Annotated[str | None, Query(max_length=320, description="Only messages to this address")] = None,
+    to: Annotated[Text | None, Query(max_length=320, description="Only messages to this address")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[OutboxMessageOut]:
     query = select(DevOutboxMessage).order_by(DevOutboxMessage.sent_at.desc(), DevOutboxMessage.id).limit(limit)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from prognetwork.kit.secrets import Secrets
 from prognetwork.notifications.models import DevOutboxMessage, EmailMessage
 
-SENDGRID_SECRET = "SENDGRID_API_KEY"
+SENDGRID_SECRET = "SENDGRID_API_KEY"  # noqa: S105 - the secret's name, not its value
 
 
 class DeliveryError(Exception):

@@ -28,35 +28,80 @@ from prognetwork.notifications.models import EmailMessage
 log = structlog.get_logger("prognetwork.notifications")
 EMAILS_SENT = Counter("emails_sent", "Emails delivered to the provider.", ("provider", "kind"))
 EMAILS_FAILED = Counter("emails_failed", "Email delivery attempts that failed.", ("provider", "final"))
-HANDLED_TYPES = frozenset({"user.email_verification_requested"})
 BATCH = 20
 
 
-def verification_email(payload: dict) -> tuple[str, str, str]:
-    name, url = payload.get("name") or "there", payload["verify_url"]
-    hours = max(1, int(payload.get("expires_in", 86400)) // 3600)
-    subject = "Verify your ProgNetwork email address"
-    text = (
-        f"Hi {name},\n\nConfirm your email address to finish setting up your ProgNetwork account:\n\n"
-        f"{url}\n\nThe link works once and expires in {hours} hours. "
-        "If you did not sign up, ignore this message.\n"
+Email = tuple[str, str, str]  # subject, text, html
+
+
+def compose(subject: str, intro: str, outro: str, link: tuple[str, str] | None = None) -> Email:
+    """A greeting, a sentence, the link (text and URL) if any, and a closing sentence."""
+    label, url = link if link else ("", "")
+    text = "\n\n".join(["Hello,", intro, *([url] if link else []), outro]) + "\n"
+    paragraphs = [f"<p>{html.escape(p)}</p>" for p in ("Hello,", intro, outro)]
+    if link:
+        paragraphs.insert(2, f'<p><a href="{html.escape(url)}">{html.escape(label)}</a></p>')
+    return subject, text, "".join(paragraphs)
+
+
+def _lifetime(payload: dict, default: int) -> str:
+    seconds = int(payload.get("expires_in", default))
+    return f"{seconds // 3600} hours" if seconds >= 7200 else f"{max(1, seconds // 60)} minutes"
+
+
+# The address has not been proved yet, so nothing a registrant typed (their name) goes in:
+# our sender must not carry someone else's text to a stranger.
+def verification_email(payload: dict) -> Email:
+    return compose(
+        "Verify your ProgNetwork email address",
+        "Confirm your email address to finish setting up your ProgNetwork account:",
+        f"The link works once and expires in {_lifetime(payload, 86400)}; you will be asked for the password "
+        "you chose. If you did not sign up, ignore this message.",
+        ("Verify my email address", payload["verify_url"]),
     )
-    body = (
-        f"<p>Hi {html.escape(name)},</p><p>Confirm your email address to finish setting up your "
-        f'ProgNetwork account:</p><p><a href="{html.escape(url)}">Verify my email address</a></p>'
-        f"<p>The link works once and expires in {hours} hours. If you did not sign up, ignore this message.</p>"
+
+
+def password_reset_email(payload: dict) -> Email:
+    return compose(
+        "Reset your ProgNetwork password",
+        "Someone asked to reset the password of the ProgNetwork account with this address. To choose a new one:",
+        f"The link works once and expires in {_lifetime(payload, 3600)}. Resetting signs you out everywhere. "
+        "If you did not ask for this, ignore this message: your password stays as it is.",
+        ("Choose a new password", payload["reset_url"]),
     )
-    return subject, text, body
+
+
+def registration_attempted_email(payload: dict) -> Email:
+    return compose(
+        "Someone tried to register with your address",
+        "Someone tried to create a ProgNetwork account with this address, which already has one.",
+        f"If it was you, log in at {payload['login_url']}, or reset your password at {payload['reset_url']}. "
+        "If not, no action is needed.",
+    )
+
+
+# Event type → (email kind, template). Events without a recipient-ready payload are skipped
+# (a reset requested for an address with no account carries no token).
+TEMPLATES = {
+    "user.email_verification_requested": ("verify-email", verification_email, "verify_url"),
+    "user.password_reset_requested": ("password-reset", password_reset_email, "reset_url"),
+    "user.registration_attempted": ("registration-attempted", registration_attempted_email, "login_url"),
+}
+HANDLED_TYPES = frozenset(TEMPLATES)
 
 
 async def handle_event(session: AsyncSession, event: Event) -> None:
-    if event.type != "user.email_verification_requested":
+    handler = TEMPLATES.get(event.type)
+    if handler is None:
         return
-    subject, text, body = verification_email(event.payload)
+    kind, template, required = handler
+    if required not in event.payload:
+        return
+    subject, text, body = template(event.payload)
     await session.execute(
         insert(EmailMessage)
         .values(
-            id=uuid.uuid4(), event_id=event.id, kind="verify-email", recipient=event.payload["email"],
+            id=uuid.uuid4(), event_id=event.id, kind=kind, recipient=event.payload["email"],
             subject=subject, text=text, html=body,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
@@ -65,7 +110,7 @@ async def handle_event(session: AsyncSession, event: Event) -> None:
 
 def backoff(attempts: int) -> timedelta:
     base = min(300.0, 2.0 ** attempts)
-    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
 
 
 async def deliver_due(

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from prognetwork.kit.app import runtime_of
 from prognetwork.kit.events import wait_for
 from prognetwork.kit.problems import Problem
+from prognetwork.kit.validation import INT64_MAX, Text, ascii_digits_int
 from prognetwork.streaming.hub import Hub
 from prognetwork.streaming.publish import TYPE_PATTERN, PublishIn, check_key, publish
 from prognetwork.streaming.stream import EventStream, fetch_visible
@@ -22,13 +23,17 @@ TYPE = re.compile(TYPE_PATTERN)
 MAX_TYPES = 50
 MAX_POLL = 500
 READY_WAIT_SECONDS = 5.0
+Types = Annotated[
+    Text | None, Query(max_length=MAX_TYPES * 201, description="Comma-separated event types")
+]
 
 
 def parse_types(types: str | None) -> frozenset[str] | None:
     if types is None:
         return None
     names = frozenset(t.strip() for t in types.split(",") if t.strip())
-    bad = sorted(t for t in names if len(t) > 200 or not TYPE.match(t))
+    # fullmatch: `$` in `match` would also accept a trailing newline.
+    bad = sorted(t for t in names if len(t) > 200 or not TYPE.fullmatch(t))
     if bad or not names or len(names) > MAX_TYPES:
         raise Problem(400, f"`types` must be 1 to {MAX_TYPES} comma-separated event types"
                       + (f"; not event types: {', '.join(bad[:5])}" if bad else "") + ".", kind="invalid-request")
@@ -39,16 +44,19 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     value = header if header is not None else query
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 19:
+    # Not str.isdigit(): it accepts non-ASCII digits ("١٢") that int() then parses.
+    after = ascii_digits_int(value)
+    if after is None:
         raise Problem(400, "Last-Event-ID must be the id of an event this stream sent.", kind="invalid-request")
-    return int(value)
+    return after
 
 
 @router.get("/v1/events/stream", summary="Server-Sent Events of the events the caller may see")
 async def stream(
     request: Request,
     viewer: Caller,
-    types: Annotated[str | None, Query(description="Comma-separated event types")] = None,
+    types: Types = None,
+    # Both checked by parse_last_event_id (ASCII digits, at most 2^63-1), which answers 400.
     last_event_id: Annotated[str | None, Query(description="Resume after this id (or the Last-Event-ID header)")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
@@ -69,9 +77,9 @@ async def stream(
 async def poll(
     request: Request,
     viewer: Caller,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_POLL)] = 100,
-    types: Annotated[str | None, Query(description="Comma-separated event types")] = None,
+    types: Types = None,
 ) -> Response:
     engine = runtime_of(request).engine
     assert engine is not None
@@ -88,6 +96,7 @@ async def publish_event(
     request: Request,
     viewer: Caller,
     body: Annotated[PublishIn, Body()],
+    # Checked by check_key, which answers with the problem kinds publishers already handle.
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = check_key(idempotency_key)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prognetwork.kit.app import Runtime, create_service_app
 from prognetwork.kit.events import wait_for
 from prognetwork.kit.jwks import Jwks
+from prognetwork.kit.revocation import Revocations
 from prognetwork.kit.settings import Settings
 from prognetwork.streaming import api
 from prognetwork.streaming.hub import Hub
@@ -31,7 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     async def open_http(runtime: Runtime) -> None:
+        assert runtime.redis is not None
         app.state.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        app.state.revocations = Revocations(runtime.redis)
 
     async def keep_keys_fresh(runtime: Runtime) -> None:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prognetwork.kit import events
 from prognetwork.kit.problems import Problem
+from prognetwork.kit.validation import JsonObject, check_token
 from prognetwork.streaming.hub import EVENT_JSON
 from prognetwork.streaming.visibility import Viewer
 
@@ -43,14 +43,15 @@ EARLIER = text(
 RECORD = text(
     "UPDATE event_publications SET event_seq = :seq WHERE producer = :producer AND idempotency_key = :key"
 )
-EVENT_BY_SEQ = text(f"SELECT {EVENT_JSON} FROM events WHERE seq = :seq")
+EVENT_BY_SEQ = text(f"SELECT {EVENT_JSON} FROM events WHERE seq = :seq")  # noqa: S608 - a module constant
 
 
 class PublishIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(max_length=200, pattern=TYPE_PATTERN)
-    payload: dict[str, Any]
+    # Finite numbers, 64-bit integers, no NUL or lone surrogates, bounded depth: what jsonb stores.
+    payload: JsonObject
     user_id: uuid.UUID | None = None
 
 
@@ -63,6 +64,13 @@ def check_key(key: str | None) -> str:
         PUBLISHED.labels("rejected").inc()
         raise Problem(400, f"The Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.",
                       kind="idempotency-key-invalid")
+    try:
+        # Stored in a text column and compared byte for byte: printable ASCII keeps it unambiguous
+        # (HTTP already trims the spaces around a header value; inner ones are fine).
+        check_token(key, spaces=True)
+    except ValueError as exc:
+        PUBLISHED.labels("rejected").inc()
+        raise Problem(400, f"The Idempotency-Key {exc}.", kind="idempotency-key-invalid") from None
     return key
 
 

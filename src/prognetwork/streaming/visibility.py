@@ -15,8 +15,9 @@ import aiohttp
 from fastapi import Request
 
 from prognetwork.kit import tokens
+from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.kit.jwks import Jwks
-from prognetwork.kit.problems import Problem
+from prognetwork.kit.revocation import Revocations
 
 ALL_SEEING_ROLES = frozenset({"operator", "admin"})
 # What every row served to a client must satisfy, whoever the client is.
@@ -51,30 +52,19 @@ def viewer_from_claims(claims: dict[str, object]) -> Viewer:
         tenant = claims.get("tid")
         tenant_id = uuid.UUID(str(tenant)) if tenant else None
     except (KeyError, ValueError):
-        raise _invalid("token subject or tenant is not an id") from None
+        raise invalid_token("token subject or tenant is not an id") from None
     return Viewer(user_id=user_id, role=str(claims.get("role") or "user"), tenant_id=tenant_id)
 
 
 async def authenticate(request: Request) -> Viewer:
-    """The verified caller of this request (FastAPI dependency)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(
-            401, "Send an access token: Authorization: Bearer <token>.", kind="unauthenticated",
-            headers={"WWW-Authenticate": 'Bearer realm="prognetwork"'},
-        )
+    """The verified caller of this request (FastAPI dependency); a signed-out session is refused."""
+    token = bearer_token(request.headers.get("authorization"))
     jwks: Jwks = request.app.state.jwks
     session: aiohttp.ClientSession = request.app.state.http
     try:
-        claims = await jwks.verify(token.strip(), session)
+        claims = await jwks.verify(token, session)
     except tokens.InvalidToken as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid_token(str(exc)) from None
+    revocations: Revocations = request.app.state.revocations
+    await revocations.ensure_active(claims, request.method)
     return viewer_from_claims(claims)
-
-
-def _invalid(reason: str) -> Problem:
-    return Problem(
-        401, f"The access token is not valid: {reason}.", kind="invalid-token",
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )

@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit.app import db_reader, db_session
-from prognetwork.kit.problems import Problem
+from prognetwork.kit.auth import bearer_token, invalid_token
+from prognetwork.kit.validation import Email, Secret, Text, TokenText
 from prognetwork.users.keys import InvalidToken
 from prognetwork.users.models import User
 from prognetwork.users.service import Accounts, Tokens
@@ -27,23 +28,40 @@ class Strict(BaseModel):
 
 
 class RegisterIn(Strict):
-    email: EmailStr = Field(max_length=320)
+    email: Email = Field(max_length=320)
     # Long enough to matter, bounded so hashing cost stays bounded (OWASP ASVS 2.1).
-    password: str = Field(min_length=10, max_length=128)
-    name: str = Field(min_length=1, max_length=200)
+    password: Secret = Field(min_length=10, max_length=128)
+    name: Text = Field(min_length=1, max_length=200)
 
 
-class TokenIn(Strict):
-    token: str = Field(min_length=1, max_length=200)
+class VerifyEmailIn(Strict):
+    token: TokenText = Field(min_length=1, max_length=200)
+    # The password chosen at registration: the link alone proves the address, not the registrant.
+    password: Secret = Field(min_length=1, max_length=128)
 
 
 class LoginIn(Strict):
-    email: EmailStr = Field(max_length=320)
-    password: str = Field(min_length=1, max_length=128)
+    email: Email = Field(max_length=320)
+    password: Secret = Field(min_length=1, max_length=128)
+    device_token: TokenText | None = Field(None, max_length=200, description="From this device's last login")
 
 
 class RefreshIn(Strict):
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: TokenText = Field(min_length=1, max_length=200)
+
+
+class PasswordResetIn(Strict):
+    email: Email = Field(max_length=320)
+
+
+class PasswordResetConfirmIn(Strict):
+    token: TokenText = Field(min_length=1, max_length=200)
+    password: Secret = Field(min_length=10, max_length=128)
+
+
+class AcceptedOut(BaseModel):
+    status: str = "accepted"
+    detail: str
 
 
 class UserOut(BaseModel):
@@ -73,6 +91,10 @@ class TokensOut(BaseModel):
         return cls(**{f: getattr(tokens, f) for f in cls.model_fields})
 
 
+class LoginOut(TokensOut):
+    device_token: str = Field(description="Send it with this device's next login (see README, Sign-in protection)")
+
+
 # Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a thread pool,
 # which costs two thread hand-offs per request for what is a dictionary lookup.
 async def accounts(request: Request) -> Accounts:
@@ -83,42 +105,38 @@ Svc = Annotated[Accounts, Depends(accounts)]
 
 
 async def bearer_claims(request: Request, svc: Svc) -> dict[str, Any]:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Problem(
-            401, "Send an access token: Authorization: Bearer <token>.", kind="unauthenticated",
-            headers={"WWW-Authenticate": 'Bearer realm="prognetwork"'},
-        )
+    token = bearer_token(request.headers.get("authorization"))
     try:
-        return svc.keys.verify(token.strip())
+        claims = svc.keys.verify(token)
     except InvalidToken as exc:
-        raise Problem(
-            401, f"The access token is not valid: {exc}.", kind="invalid-token",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        ) from None
+        raise invalid_token(str(exc)) from None
+    await svc.revocations.ensure_active(claims, request.method)
+    return claims
 
 
 Claims = Annotated[dict[str, Any], Depends(bearer_claims)]
+REGISTRATION_ACCEPTED = "If this address can be registered, a verification link is on its way to it."
+RESET_ACCEPTED = "If an account has this address, a password reset link is on its way to it."
 
 
-@router.post("/v1/auth/register", status_code=201, response_model=UserOut, tags=["auth"])
-async def register(body: RegisterIn, db: Db, svc: Svc, response: Response) -> UserOut:
-    user = await svc.register(db, body.email, body.password, body.name)
-    response.headers["Location"] = "/v1/users/me"
-    return UserOut.of(user)
+@router.post("/v1/auth/register", status_code=202, response_model=AcceptedOut, tags=["auth"])
+async def register(body: RegisterIn, db: Db, svc: Svc) -> AcceptedOut:
+    # The same answer whether or not the address has an account: its owner learns by email.
+    await svc.register(db, body.email, body.password, body.name)
+    return AcceptedOut(detail=REGISTRATION_ACCEPTED)
 
 
 @router.post("/v1/auth/verify-email", response_model=UserOut, tags=["auth"])
-async def verify_email(body: TokenIn, db: Db, svc: Svc) -> UserOut:
-    return UserOut.of(await svc.verify_email(db, body.token))
+async def verify_email(body: VerifyEmailIn, db: Db, svc: Svc) -> UserOut:
+    return UserOut.of(await svc.verify_email(db, body.token, body.password))
 
 
-@router.post("/v1/auth/login", response_model=TokensOut, tags=["auth"])
-async def login(body: LoginIn, request: Request, db: Db, svc: Svc, response: Response) -> TokensOut:
+@router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"])
+async def login(body: LoginIn, request: Request, db: Db, svc: Svc, response: Response) -> LoginOut:
     client = request.client.host if request.client else "unknown"
     response.headers.update(NO_STORE)
-    return TokensOut.of(await svc.login(db, body.email, body.password, client))
+    tokens = await svc.login(db, body.email, body.password, client, body.device_token)
+    return LoginOut(**TokensOut.of(tokens).model_dump(), device_token=tokens.device_token or "")
 
 
 @router.post("/v1/auth/refresh", response_model=TokensOut, tags=["auth"])
@@ -130,6 +148,18 @@ async def refresh(body: RefreshIn, db: Db, svc: Svc, response: Response) -> Toke
 @router.post("/v1/auth/logout", status_code=204, tags=["auth"])
 async def logout(body: RefreshIn, db: Db, svc: Svc) -> Response:
     await svc.logout(db, body.refresh_token)
+    return Response(status_code=204)
+
+
+@router.post("/v1/auth/password-reset", status_code=202, response_model=AcceptedOut, tags=["auth"])
+async def password_reset(body: PasswordResetIn, db: Db, svc: Svc) -> AcceptedOut:
+    await svc.request_password_reset(db, body.email)
+    return AcceptedOut(detail=RESET_ACCEPTED)
+
+
+@router.post("/v1/auth/password-reset/confirm", status_code=204, tags=["auth"])
+async def password_reset_confirm(body: PasswordResetConfirmIn, db: Db, svc: Svc) -> Response:
+    await svc.reset_password(db, body.token, body.password)
     return Response(status_code=204)
 
 

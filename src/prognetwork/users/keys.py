@@ -31,7 +31,7 @@ from prognetwork.kit.tokens import ALGORITHM, InvalidToken
 
 __all__ = ["KeyRing", "InvalidToken", "generate_pem", "load_key"]
 
-SECRET_NAME = "JWT_SIGNING_KEYS"
+SECRET_NAME = "JWT_SIGNING_KEYS"  # noqa: S105 - the secret's name, not its value
 PEM_BLOCK = re.compile(r"-----BEGIN PRIVATE KEY-----.+?-----END PRIVATE KEY-----", re.S)
 
 

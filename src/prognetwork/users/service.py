@@ -1,37 +1,58 @@
-"""Accounts and sessions: the user service's logic, independent of HTTP routing."""
+"""Accounts and sessions: the user service's logic, independent of HTTP routing.
+
+Invariants:
+- Whether an address has an account is never told to a caller: registration and password reset
+  answer the same, and do the same work, either way; the owner of an address learns by email.
+- An address is verified only by someone who both reads its mail (the link) and knows the
+  password chosen at registration. Registering an unverified address again replaces that
+  registration and voids its link, so whoever registered first cannot keep a claim on an address
+  they do not own.
+- Ending sessions (logout, refresh-token reuse, password reset, disabling) revokes their access
+  tokens too, through the revocation set every verifier checks; revocation happens before the
+  change commits, so a failure leaves the sessions ended rather than alive.
+- Login failures are counted before the password is checked (increment first, decide on the count),
+  so concurrent guesses cannot exceed a limit; see `login` for whom a lockout binds.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit import events
 from prognetwork.kit.problems import Problem
+from prognetwork.kit.revocation import Revocations
 from prognetwork.kit.settings import Settings
 from prognetwork.kit.throttle import Counter as WindowCounter
 from prognetwork.users import passwords
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.models import User
-from prognetwork.users.sessions import Outcome, SessionStore
+from prognetwork.users.sessions import Outcome, SessionStore, digest
 
 log = structlog.get_logger("prognetwork.users")
-REGISTRATIONS = Counter("user_registrations", "Accounts registered.")
+REGISTRATIONS = Counter("user_registrations", "Registration requests by outcome.", ("outcome",))
 LOGINS = Counter("user_logins", "Login attempts by outcome.", ("outcome",))
 REFRESHES = Counter("user_token_refreshes", "Refresh attempts by outcome.", ("outcome",))
+PASSWORD_RESETS = Counter("user_password_resets", "Password reset steps by outcome.", ("outcome",))
 VERIFY_PURPOSE = "verify-email"
+RESET_PURPOSE = "password-reset"
 # Every outcome exists from the start at 0, so rate() sees the first real one as growth.
-for _outcome in ("success", "invalid_credentials", "unverified", "throttled"):
+for _outcome in ("created", "replaced", "existing"):
+    REGISTRATIONS.labels(_outcome)
+for _outcome in ("success", "invalid_credentials", "unverified", "disabled", "throttled"):
     LOGINS.labels(_outcome)
 for _outcome in ("rotated", "reused", "invalid"):
     REFRESHES.labels(_outcome)
+for _outcome in ("requested", "completed", "invalid"):
+    PASSWORD_RESETS.labels(_outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +60,8 @@ class Tokens:
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a credential
+    device_token: str | None = None  # login only: send it with this device's next login
 
 
 @dataclass
@@ -50,95 +72,170 @@ class Accounts:
     keys: KeyRing
     store: SessionStore
     throttle: WindowCounter
+    revocations: Revocations
 
-    async def register(self, db: AsyncSession, email: str, password: str, name: str) -> User:
+    # -- registration and verification ------------------------------------------------------
+
+    async def register(self, db: AsyncSession, email: str, password: str, name: str) -> None:
+        """Start (or restart) a registration; the answer never says whether the address was taken."""
+        email = email.lower()
+        # Hashed whatever happens next, so every outcome costs the same time.
         password_hash = await passwords.hash_password(password)
-        user = User(id=uuid.uuid4(), email=email.lower(), name=name, password_hash=password_hash)
-        # The one-time token exists in Redis before the account commits: if Redis is down
-        # nothing is written; if the commit fails the orphan token simply expires.
-        token = await self.store.issue_one_time(VERIFY_PURPOSE, user.id, self.settings.email_token_ttl_seconds)
-        db.add(user)
+        user = (await db.execute(select(User).where(User.email == email).with_for_update())).scalar_one_or_none()
+        if user is not None and user.email_verified_at is not None:
+            # The owner is told by email; the caller learns nothing.
+            await events.append(
+                db, "user.registration_attempted",
+                {"user_id": str(user.id), "email": user.email, "login_url": self._link("login"),
+                 "reset_url": self._link("reset-password")},
+                user_id=user.id,
+            )
+            await db.commit()
+            REGISTRATIONS.labels("existing").inc()
+            return
+        if user is None:
+            user = User(id=uuid.uuid4(), email=email, name=name, password_hash=password_hash)
+            db.add(user)
+            outcome, event_type = "created", "user.registered"
+        else:
+            # An unverified registration is nobody's yet: the latest registrant's password and name
+            # replace it, and the link sent before stops working (issued below).
+            user.password_hash, user.name, user.created_at = password_hash, name, datetime.now(UTC)
+            outcome, event_type = "replaced", "user.registration_replaced"
         try:
             await db.flush()
         except IntegrityError:
+            # A concurrent registration of the same address won the insert; it answers the same.
             await db.rollback()
-            raise Problem(409, "An account with this email already exists.", kind="email-taken") from None
+            return
+        # The one-time token exists in Redis before the account commits: if Redis is down nothing
+        # is written; if the commit fails the orphan token simply expires.
+        token = await self.store.issue_one_time(VERIFY_PURPOSE, user.id, self.settings.email_token_ttl_seconds)
         public = {"user_id": str(user.id), "email": user.email, "name": user.name}
-        await events.append(db, "user.registered", public, user_id=user.id)
+        await events.append(db, event_type, public, user_id=user.id)
+        # No user-chosen text goes into mail to an address nobody has proved yet.
         await events.append(
             db, "user.email_verification_requested",
-            {**public, "token": token, "verify_url": self.verify_url(token),
+            {"user_id": str(user.id), "email": user.email, "token": token, "verify_url": self._link("verify-email", token),
              "expires_in": self.settings.email_token_ttl_seconds},
             user_id=user.id, private=True,
         )
         await db.commit()
-        REGISTRATIONS.inc()
-        log.info("user registered", user_id=str(user.id))
-        return user
+        REGISTRATIONS.labels(outcome).inc()
+        log.info("registration started", user_id=str(user.id), outcome=outcome)
+
+    def _link(self, page: str, token: str | None = None) -> str:
+        url = f"{self.settings.app_url.rstrip('/')}/{page}"
+        return f"{url}?token={token}" if token else url
 
     def verify_url(self, token: str) -> str:
-        return f"{self.settings.app_url.rstrip('/')}/verify-email?token={token}"
+        return self._link("verify-email", token)
 
-    async def verify_email(self, db: AsyncSession, token: str) -> User:
+    async def verify_email(self, db: AsyncSession, token: str, password: str) -> User:
         user_id = await self.store.peek_one_time(VERIFY_PURPOSE, token)
-        if user_id is None:
-            raise Problem(400, "This verification link is invalid or has expired.", kind="invalid-token")
-        verified_at = datetime.now(UTC)
-        changed = (
-            await db.execute(
-                update(User)
-                .where(User.id == user_id, User.email_verified_at.is_(None))
-                .values(email_verified_at=verified_at)
-                .returning(User.id)
+        user = await db.get(User, user_id, with_for_update=True) if user_id else None
+        if user is None:
+            raise Problem(400, "This verification link is invalid or has expired.", kind="invalid-verification-link")
+        if not await passwords.verify_password(user.password_hash, password):
+            raise Problem(
+                400, "That is not the password chosen when this address was registered. If you did not register, "
+                "ignore the email; to start over, register again.", kind="verification-password-mismatch",
             )
-        ).scalar()
-        if changed is not None:
-            await events.append(db, "user.email_verified", {"user_id": str(user_id)}, user_id=user_id)
+        if user.email_verified_at is None:
+            user.email_verified_at = datetime.now(UTC)
+            await events.append(db, "user.email_verified", {"user_id": str(user.id)}, user_id=user.id)
         await db.commit()
         # Spent only after the change is durable, so a failed commit leaves the link usable.
         await self.store.spend_one_time(VERIFY_PURPOSE, token)
-        user = await db.get(User, user_id)
-        if user is None:
-            raise Problem(400, "This verification link is invalid or has expired.", kind="invalid-token")
         return user
 
-    async def login(self, db: AsyncSession, email: str, password: str, client: str) -> Tokens:
+    async def purge_unverified(self, db: AsyncSession) -> int:
+        """Delete registrations never verified within `UNVERIFIED_ACCOUNT_TTL_SECONDS`."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.unverified_account_ttl_seconds)
+        async with db.begin():
+            gone = (await db.execute(
+                delete(User).where(User.email_verified_at.is_(None), User.created_at < cutoff).returning(User.id)
+            )).scalars().all()
+            for user_id in gone:
+                await events.append(db, "user.registration_expired", {"user_id": str(user_id)}, user_id=user_id)
+        return len(gone)
+
+    # -- login and sessions -----------------------------------------------------------------
+
+    async def login(
+        self, db: AsyncSession, email: str, password: str, client: str, device_token: str | None = None
+    ) -> Tokens:
+        """Check a password under the lockout policy (README, "Sign-in protection").
+
+        Failures count against the account *from this address* (or from this known device),
+        so a stranger elsewhere cannot lock the owner out; failures from all unknown devices
+        together have a higher account-wide limit, which a known device (one that logged in
+        before) and a completed password reset get past.
+        """
         s = self.settings
         by_address = await self.throttle.hit(f"throttle:login:addr:{client}", s.login_address_window_seconds)
         if by_address.count > s.login_attempts_per_address:
             LOGINS.labels("throttled").inc()
             raise _too_many(by_address.retry_after_seconds)
-        account_key = "throttle:login:acct:" + hashlib.sha256(email.lower().encode()).hexdigest()
-        failures = await self.throttle.peek(account_key)
-        if failures.count >= s.login_failures_per_account:
-            LOGINS.labels("throttled").inc()
-            raise _too_many(failures.retry_after_seconds)
+        email = email.lower()
+        user = (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
+        known_device = (
+            device_token is not None and user is not None and await self.store.device_owner(device_token) == user.id
+        )
+        if known_device:
+            assert device_token is not None
+            limits = [(f"throttle:login:device:{digest(device_token)}", s.login_failures_per_account)]
+        else:
+            account = account_key(email)
+            limits = [
+                (f"{account}:addr:{client}", s.login_failures_per_account),
+                (account, s.login_failures_per_account_unknown_devices),
+            ]
+        counted: list[str] = []
+        for key, limit in limits:
+            window = await self.throttle.hit(key, s.login_failure_window_seconds)
+            counted.append(key)
+            if window.count > limit:
+                await self.throttle.undo(*counted)  # a refused attempt checked nothing
+                LOGINS.labels("throttled").inc()
+                raise _too_many(window.retry_after_seconds)
 
-        user = (await db.execute(select(User).where(User.email == email.lower()))).scalar_one_or_none()
         if not await passwords.verify_password(user.password_hash if user else None, password):
-            await self.throttle.hit(account_key, s.login_failure_window_seconds)
             LOGINS.labels("invalid_credentials").inc()
             raise Problem(401, "The email or password is incorrect.", kind="invalid-credentials")
         assert user is not None
+        # The owner proved the password from here: this address's (or device's) count starts over.
+        # The account-wide count only gets this attempt back, or a success would hand a
+        # distributed guesser a fresh allowance.
+        await self.throttle.reset(counted[0])
+        await self.throttle.undo(*counted[1:])
         if user.email_verified_at is None:
             LOGINS.labels("unverified").inc()
             raise Problem(
                 403, "Verify your email address before logging in; the link is in your inbox.",
                 kind="email-not-verified",
             )
+        if user.disabled_at is not None:
+            LOGINS.labels("disabled").inc()
+            raise Problem(403, "This account has been disabled; contact support.", kind="account-disabled")
         if passwords.needs_rehash(user.password_hash):
             user.password_hash = await passwords.hash_password(password)
-        await self.throttle.reset(account_key)
         family, refresh_token = await self.store.start(user.id)
+        device = await self.store.issue_device(
+            user.id, s.device_token_ttl_seconds, replacing=device_token if known_device else None
+        )
         await events.append(db, "user.logged_in", {"user_id": str(user.id), "session_id": family}, user_id=user.id)
         await db.commit()
         LOGINS.labels("success").inc()
-        return self._tokens(user, family, refresh_token)
+        return self._tokens(user, family, refresh_token, device)
 
     async def refresh(self, db: AsyncSession, refresh_token: str) -> Tokens:
         rotation = await self.store.rotate(refresh_token)
         REFRESHES.labels(rotation.outcome.value).inc()
         if rotation.outcome is Outcome.REUSED:
+            assert rotation.family is not None
+            # The stolen-token case: whoever holds the family's access tokens is locked out now too.
+            await self.revocations.revoke([rotation.family], self.settings.access_token_ttl_seconds)
             await events.append(
                 db, "user.session_revoked",
                 {"user_id": str(rotation.user_id), "session_id": rotation.family, "reason": "refresh_token_reuse"},
@@ -151,8 +248,8 @@ class Accounts:
                 kind="refresh-token-reused",
             )
         user = await db.get(User, rotation.user_id) if rotation.user_id else None
-        if rotation.outcome is not Outcome.ROTATED or user is None:
-            raise Problem(401, "The refresh token is invalid or has expired.", kind="invalid-token")
+        if rotation.outcome is not Outcome.ROTATED or user is None or user.disabled_at is not None:
+            raise Problem(401, "The refresh token is invalid or has expired.", kind="invalid-refresh-token")
         assert rotation.family and rotation.refresh_token
         return self._tokens(user, rotation.family, rotation.refresh_token)
 
@@ -161,8 +258,66 @@ class Accounts:
         if ended is None:
             return  # logging out twice is not an error
         family, user_id = ended
+        await self.revocations.revoke([family], self.settings.access_token_ttl_seconds)
         await events.append(db, "user.logged_out", {"user_id": str(user_id), "session_id": family}, user_id=user_id)
         await db.commit()
+
+    async def end_all_sessions(self, user_id: uuid.UUID) -> list[str]:
+        """Revoke every session of a user: refresh tokens stop rotating, access tokens stop verifying."""
+        families = await self.store.revoke_all(user_id)
+        if families:
+            await self.revocations.revoke(families, self.settings.access_token_ttl_seconds)
+        return families
+
+    # -- password reset and account state ---------------------------------------------------
+
+    async def request_password_reset(self, db: AsyncSession, email: str) -> None:
+        """Email a reset link to a verified account; the same work and answer for any address."""
+        email = email.lower()
+        user = (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
+        payload: dict[str, object] = {"email": email}
+        if user is not None and user.email_verified_at is not None:
+            token = await self.store.issue_one_time(RESET_PURPOSE, user.id, self.settings.password_reset_ttl_seconds)
+            payload |= {"user_id": str(user.id), "token": token, "reset_url": self._link("reset-password", token),
+                        "expires_in": self.settings.password_reset_ttl_seconds}
+        # Recorded for unknown addresses too (private, no token): the same writes either way, and an
+        # audit trail of who is being targeted.
+        await events.append(db, "user.password_reset_requested", payload,
+                            user_id=user.id if user is not None else None, private=True)
+        await db.commit()
+        PASSWORD_RESETS.labels("requested").inc()
+
+    async def reset_password(self, db: AsyncSession, token: str, password: str) -> None:
+        user_id = await self.store.peek_one_time(RESET_PURPOSE, token)
+        user = await db.get(User, user_id, with_for_update=True) if user_id else None
+        if user is None:
+            PASSWORD_RESETS.labels("invalid").inc()
+            raise Problem(400, "This password reset link is invalid or has expired.", kind="invalid-reset-link")
+        user.password_hash = await passwords.hash_password(password)
+        ended = await self.end_all_sessions(user.id)
+        await events.append(db, "user.password_reset", {"user_id": str(user.id), "sessions_ended": len(ended)},
+                            user_id=user.id)
+        await db.commit()
+        await self.store.spend_one_time(RESET_PURPOSE, token)
+        # Whoever holds the link owns the address: the account-wide lockout no longer binds them.
+        await self.throttle.reset(account_key(user.email))
+        PASSWORD_RESETS.labels("completed").inc()
+        log.info("password reset", user_id=str(user.id), sessions_ended=len(ended))
+
+    async def set_disabled(self, db: AsyncSession, email: str, disabled: bool) -> User:
+        user = (await db.execute(select(User).where(User.email == email.lower()).with_for_update())).scalar_one_or_none()
+        if user is None:
+            raise Problem(404, f"No account has the address {email.lower()}.", kind="unknown-user")
+        if disabled and user.disabled_at is None:
+            ended = await self.end_all_sessions(user.id)
+            user.disabled_at = datetime.now(UTC)
+            await events.append(db, "user.disabled", {"user_id": str(user.id), "sessions_ended": len(ended)},
+                                user_id=user.id)
+        elif not disabled and user.disabled_at is not None:
+            user.disabled_at = None
+            await events.append(db, "user.enabled", {"user_id": str(user.id)}, user_id=user.id)
+        await db.commit()
+        return user
 
     async def me(self, db: AsyncSession, user_id: uuid.UUID) -> User:
         user = await db.get(User, user_id)
@@ -170,12 +325,17 @@ class Accounts:
             raise Problem(404, "This account no longer exists.", kind="unknown-user")
         return user
 
-    def _tokens(self, user: User, family: str, refresh_token: str) -> Tokens:
+    def _tokens(self, user: User, family: str, refresh_token: str, device_token: str | None = None) -> Tokens:
         ttl = self.settings.access_token_ttl_seconds
         claims = {"sub": str(user.id), "sid": family, "role": user.role, "email": user.email}
         if user.tenant_id:
             claims["tid"] = str(user.tenant_id)
-        return Tokens(self.keys.sign(claims, ttl), refresh_token, ttl)
+        return Tokens(self.keys.sign(claims, ttl), refresh_token, ttl, device_token=device_token)
+
+
+def account_key(email: str) -> str:
+    """The throttle key of an account's failures (a digest: Redis never holds addresses)."""
+    return "throttle:login:acct:" + hashlib.sha256(email.lower().encode()).hexdigest()
 
 
 def _too_many(retry_after: int) -> Problem:

@@ -3,6 +3,11 @@
 Only SHA-256 digests of tokens are stored, so a Redis dump grants nothing. A login starts a
 session *family*; each refresh spends its token and issues the next one in the family. A
 spent token presented again means it was stolen (or replayed): the whole family is revoked.
+Each user's live families are indexed, so a password reset or a disabled account can end them all.
+
+A one-time token is the only live one of its purpose for its user: issuing a new link voids the
+previous one. Device tokens mark a browser or app that has logged in before (they let the
+owner through an account-wide login lockout; see `Accounts.login`).
 """
 
 from __future__ import annotations
@@ -36,8 +41,20 @@ def _family_key(family: str) -> str:
     return f"auth:family:{family}"
 
 
+def _user_families_key(user_id: uuid.UUID) -> str:
+    return f"auth:user-families:{user_id}"
+
+
 def _one_time_key(purpose: str, h: str) -> str:
     return f"auth:{purpose}:{h}"
+
+
+def _latest_one_time_key(purpose: str, user_id: uuid.UUID) -> str:
+    return f"auth:{purpose}:latest:{user_id}"
+
+
+def _device_key(h: str) -> str:
+    return f"auth:device:{h}"
 
 
 # Spend a refresh token atomically: exactly one caller gets 'ok' for a given token.
@@ -81,6 +98,8 @@ class SessionStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(_family_key(family), str(user_id), px=self.ttl_ms)
             pipe.set(_refresh_key(digest(token)), f"{family}:{user_id}", px=self.ttl_ms)
+            pipe.sadd(_user_families_key(user_id), family)
+            pipe.pexpire(_user_families_key(user_id), self.ttl_ms)
             await pipe.execute()
         return family, token
 
@@ -113,12 +132,28 @@ class SessionStore:
         await self.redis.delete(_family_key(family), _refresh_key(h))
         return family, uuid.UUID(user)
 
+    async def revoke_all(self, user_id: uuid.UUID) -> list[str]:
+        """End every session of a user; returns their family ids (their access tokens' `sid`)."""
+        families = sorted(await self.redis.smembers(_user_families_key(user_id)))
+        if families:
+            await self.redis.delete(*(_family_key(f) for f in families), _user_families_key(user_id))
+        return families
+
     async def family_active(self, family: str) -> bool:
         return bool(await self.redis.exists(_family_key(family)))
 
     async def issue_one_time(self, purpose: str, user_id: uuid.UUID, ttl_seconds: int) -> str:
+        """A new one-time token; the user's previous token of this purpose stops working."""
         token = new_token()
-        await self.redis.set(_one_time_key(purpose, digest(token)), str(user_id), ex=ttl_seconds)
+        h = digest(token)
+        latest = _latest_one_time_key(purpose, user_id)
+        previous = await self.redis.get(latest)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if previous:
+                pipe.delete(_one_time_key(purpose, previous))
+            pipe.set(_one_time_key(purpose, h), str(user_id), ex=ttl_seconds)
+            pipe.set(latest, h, ex=ttl_seconds)
+            await pipe.execute()
         return token
 
     async def peek_one_time(self, purpose: str, token: str) -> uuid.UUID | None:
@@ -127,3 +162,17 @@ class SessionStore:
 
     async def spend_one_time(self, purpose: str, token: str) -> None:
         await self.redis.delete(_one_time_key(purpose, digest(token)))
+
+    async def issue_device(self, user_id: uuid.UUID, ttl_seconds: int, replacing: str | None = None) -> str:
+        """A device token for a client that just proved the password (the one it sent is replaced)."""
+        token = new_token()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if replacing:
+                pipe.delete(_device_key(digest(replacing)))
+            pipe.set(_device_key(digest(token)), str(user_id), ex=ttl_seconds)
+            await pipe.execute()
+        return token
+
+    async def device_owner(self, token: str) -> uuid.UUID | None:
+        value = await self.redis.get(_device_key(digest(token)))
+        return uuid.UUID(value) if value else None

