@@ -4,13 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test lint lock clean
+.PHONY: up test lint lock lock-upgrade clean
 
-$(INSTALLED): pyproject.toml requirements.lock
+# Every package at the version, and with the file hashes, that requirements/dev.lock pins (the
+# runtime dependencies and the local, test, dev and deploy extras); then the project itself,
+# linked to src/. pip check fails when pyproject.toml asks for what the lock lacks: `make lock`.
+$(INSTALLED): pyproject.toml requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ProgNetwork needs Python 3.11 or newer (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[local,test,dev,deploy]"
+	$(BIN)/python -m pip install --quiet --require-hashes --requirement requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -m pip check || { echo "requirements/dev.lock does not satisfy pyproject.toml: make lock" >&2; exit 1; }
 	@touch $@
 
 up: $(INSTALLED)
@@ -42,12 +47,24 @@ bench-gateway: $(INSTALLED)
 bench-streaming: $(INSTALLED)
 	$(BIN)/python bench/streaming.py
 
+# ruff's rules (security included), the formatter's verdict on src/ and mypy over the package
+# (pyproject.toml configures all three). Each runs, so one pass shows every finding; any one
+# failing fails the target.
 lint: $(INSTALLED)
-	$(BIN)/ruff check src tests
+	@status=0; \
+	$(BIN)/ruff check src tests bench || status=1; \
+	$(BIN)/ruff format --check src || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
-# Re-pin every dependency after changing pyproject.toml.
-lock: $(INSTALLED)
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > requirements.lock
+# Re-resolve requirements/runtime.lock and dev.lock (uv, at the version the dev extra pins) after
+# changing pyproject.toml; every pin that still fits stays. `make lock PACKAGES="fastapi starlette"`
+# also upgrades those, `make lock-upgrade` every package. See scripts/lock.sh.
+lock:
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/lock.sh $(PACKAGES)
+
+lock-upgrade:
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/lock.sh --upgrade
 
 clean:
 	rm -rf $(VENV) .pytest_cache

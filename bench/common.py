@@ -6,19 +6,18 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+from tests.helpers.ports import free_port
+
+from prognetwork.kit.process import NotReady, spawn, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -35,29 +34,6 @@ def ensure_debian_packages(*packages_and_commands: tuple[str, str]) -> None:
     subprocess.run(["apt-get", *lock, "update", "-qq"], check=True)
     subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *missing], check=True,
                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @contextmanager
@@ -94,18 +70,13 @@ class Services:
         """The service's API URL, once its readiness (on an ops port of its own) answers 200."""
         log = open(self.logs / f"{name}-{port}.log", "wb")
         ops_port = next(p for p in iter(free_port, None) if p != port)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port),
-             "--ops-port", str(ops_port)],
-            env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        self.processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        ready = f"http://127.0.0.1:{ops_port}/readiness"
-        wait_until(lambda: process.poll() is not None or http_ok(ready), what=f"{name} ready")
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited; see {self.logs}")
-        return url
+        child = spawn(name, port, ops_port, {**self.env, **env}, output=log, cwd=ROOT)
+        self.processes.append(child)
+        try:
+            wait_ready({name: (child, f"http://127.0.0.1:{ops_port}")}, timeout=60)
+        except NotReady as exc:
+            raise SystemExit(f"{exc}; see {self.logs}") from None
+        return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         for process in self.processes:

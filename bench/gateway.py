@@ -22,7 +22,10 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import REDIS_URL, Services, database, ensure_debian_packages, free_port, wait_until, wrk  # noqa: E402
+from tests.helpers.polling import eventually  # noqa: E402
+from tests.helpers.processes import issuer_env  # noqa: E402
+
+from bench.common import REDIS_URL, Services, database, ensure_debian_packages, free_port, wrk  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;
@@ -86,12 +89,12 @@ def main() -> None:
         nginx = None
         try:
             users_port = free_port()
-            users_url = services.start("users", users_port)
-            gateway_url = services.start("gateway", free_port(), USERS_URL=users_url)
+            users_url = services.start("user-service", users_port)
+            gateway_url = services.start("api-gateway", free_port(), **issuer_env(users_url))
             nginx_port = free_port()
             (state / "nginx.conf").write_text(NGINX_CONF.format(dir=state, users_port=users_port, port=nginx_port))
             nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(state / "nginx.conf"), "-g", "daemon off;"])
-            wait_until(lambda: _listening(nginx_port), what="nginx")
+            eventually(lambda: _listening(nginx_port), what="nginx")
 
             headers = {"Authorization": f"Bearer {access_token(users_url, database_url)}"}
             targets = {"nginx": f"http://127.0.0.1:{nginx_port}/api/v1/users/me",

@@ -31,6 +31,8 @@ import jwt
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.helpers.processes import issuer_env  # noqa: E402
+
 from bench.common import REDIS_URL, Services, database, free_port  # noqa: E402
 
 CHANNEL = "bench:stream"
@@ -238,8 +240,8 @@ def main() -> None:
         })
         stop, peak = threading.Event(), [0]
         try:
-            users_url = services.start("users", free_port())
-            stream_url = services.start("streaming", free_port(), USERS_URL=users_url)
+            users_url = services.start("user-service", free_port())
+            stream_url = services.start("event-streaming", free_port(), **issuer_env(users_url))
             watcher = threading.Thread(target=watch_rss, args=(services.processes[-1].pid, stop, peak), daemon=True)
             watcher.start()
             try:

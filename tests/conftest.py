@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +24,9 @@ from prognetwork.kit import local, migrations
 from prognetwork.kit.logging import configure as configure_logging
 from prognetwork.kit.settings import Settings
 from prognetwork.users.keys import generate_pem
+from tests.helpers.databases import create_database, drop_database, redis_url_for, with_database
+from tests.helpers.ports import accepts_connections
+from tests.helpers.threads import in_thread
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -33,32 +34,6 @@ REDIS_DB_LEASE_SECONDS = 3 * 3600
 
 # Logs as production writes them (JSON), so tests exercise the same processors.
 configure_logging("tests", "INFO", "json")
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def in_thread(fn, *args):
-    """Run blocking code that may start its own event loop, even while one runs in this thread."""
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["value"] = fn(*args)
-        except BaseException as exc:  # re-raised in the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
 
 
 @dataclass(frozen=True)
@@ -72,41 +47,17 @@ def servers(tmp_path_factory) -> Servers:
     stoppers = []
     pg_admin = PG_ADMIN_URL
     redis_url = REDIS_SERVER_URL
-    if not _reachable("127.0.0.1", 5432) or "TEST_EMBEDDED" in os.environ:
+    if not accepts_connections(5432) or "TEST_EMBEDDED" in os.environ:
         pg = local.start_postgres(tmp_path_factory.mktemp("pg"), database="postgres")
         stoppers.append(pg.stop)
         pg_admin = pg.url
-    if not _reachable("127.0.0.1", 6379) or "TEST_EMBEDDED" in os.environ:
+    if not accepts_connections(6379) or "TEST_EMBEDDED" in os.environ:
         rd = local.start_redis(tmp_path_factory.mktemp("redis"))
         stoppers.append(rd.stop)
         redis_url = rd.url.split("?")[0]
     yield Servers(pg_admin, redis_url)
     for stop in stoppers:
         stop()
-
-
-def with_database(url: str, database: str) -> str:
-    """Swap the database name in a postgresql:// URL (TCP or unix-socket style)."""
-    head, _, rest = url.partition("://")
-    authority, _, path = rest.partition("/")
-    query = path.partition("?")[2]
-    return f"{head}://{authority}/{database}" + (f"?{query}" if query else "")
-
-
-async def create_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +68,6 @@ def database_url(servers: Servers) -> str:
     in_thread(migrations.upgrade, url)
     yield url
     in_thread(asyncio.run, drop_database(servers.pg_admin_url, name))
-
-
-def redis_url_for(base: str, db: int) -> str:
-    return f"{base}?db={db}" if base.startswith("unix://") else f"{base}/{db}"
 
 
 @pytest.fixture(scope="session")
@@ -172,8 +119,13 @@ def service_env(database_url: str, redis_url: str, secrets_dir: Path, tmp_path: 
 
 @pytest.fixture
 def make_settings(service_env: dict[str, str]) -> Callable[..., Settings]:
-    def make(**overrides: str) -> Settings:
-        return Settings(**{**service_env, **overrides})
+    """Settings of the named service (its own class), or the shared ones, from the test environment."""
+
+    def make(service: str | None = None, **overrides: str) -> Settings:
+        from prognetwork.registry import service as spec
+
+        settings_class = spec(service).settings if service else Settings
+        return settings_class(**{**service_env, **overrides})
 
     return make
 
@@ -181,6 +133,16 @@ def make_settings(service_env: dict[str, str]) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings) -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+def users_settings(make_settings) -> Settings:
+    return make_settings("user-service")
+
+
+@pytest.fixture
+def notification_settings(make_settings) -> Settings:
+    return make_settings("notification-service")
 
 
 @pytest.fixture
@@ -207,17 +169,17 @@ async def serve_app() -> AsyncIterator[Callable]:
 
 
 @pytest.fixture
-async def users(serve_app, settings):
+async def users(serve_app, users_settings):
     from prognetwork.users.app import create_app
 
-    return await serve_app(create_app(settings))
+    return await serve_app(create_app(users_settings))
 
 
 @pytest.fixture
-async def notifications(serve_app, settings):
+async def notifications(serve_app, notification_settings):
     from prognetwork.notifications.app import create_app
 
-    return await serve_app(create_app(settings))
+    return await serve_app(create_app(notification_settings))
 
 
 @pytest.fixture
@@ -244,7 +206,3 @@ async def db(database_url: str):
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
-
-
-def unique_email(prefix: str = "user") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"

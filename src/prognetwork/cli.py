@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import shutil
@@ -10,18 +9,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from prognetwork.kit.settings import SERVICE_OPS_PORTS, SERVICE_PORTS, Settings
+from prognetwork.kit import process
+from prognetwork.kit.service import ServiceSpec
+from prognetwork.kit.settings import Settings
+from prognetwork.registry import services as registered
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run, migrate and check ProgNetwork.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
@@ -38,11 +38,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_settings(**env: str) -> Settings:
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(settings_class: type[S], **env: str) -> S:
     if env:
         os.environ.update(env)
     try:
-        return Settings()
+        return settings_class()
     except ValidationError as exc:
         for e in exc.errors():
             field = ".".join(str(p) for p in e["loc"]).upper()
@@ -50,32 +53,45 @@ def load_settings(**env: str) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _check_service(name: str) -> str:
-    if name not in SERVICE_PORTS:
-        raise fail(f"unknown service '{name}'; choose one of: {', '.join(SERVICE_PORTS)}")
-    return name
+def _spec(name: str) -> ServiceSpec:
+    known = registered()
+    if name not in known:
+        raise fail(f"unknown service '{name}'; choose one of: {', '.join(known)}")
+    return known[name]
+
+
+SERVICE_NAMES = ", ".join(registered())
 
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_PORTS)}")],
+    service: Annotated[str, typer.Argument(help=f"One of: {SERVICE_NAMES}")],
     # All interfaces by default: a container's port is reached from outside its network namespace.
     host: Annotated[str, typer.Option(envvar="HOST")] = "0.0.0.0",  # noqa: S104
-    port: Annotated[int | None, typer.Option(envvar="PORT", help="The API's port. Default: the service's own")] = None,
-    ops_port: Annotated[int | None, typer.Option(
-        envvar="OPS_PORT", help="/health, /readiness, /metrics and /docs. Default: the service's ops port")] = None,
-    reload: Annotated[bool, typer.Option(
-        "--reload", help="Development: restart the service when a source file changes")] = False,
-    reload_dir: Annotated[Path | None, typer.Option(help="Watched by --reload. Default: the package's source")] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="PORT", help="The API's port. Default: the service's own")
+    ] = None,
+    ops_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="OPS_PORT", help="/health, /readiness, /metrics and /docs. Default: the service's ops port"
+        ),
+    ] = None,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Development: restart the service when a source file changes")
+    ] = False,
+    reload_dir: Annotated[
+        Path | None, typer.Option(help="Watched by --reload. Default: the package's source")
+    ] = None,
 ) -> None:
     """Run one service in this process (what containers run)."""
-    _check_service(service)
-    port = port or SERVICE_PORTS[service]
-    ops_port = ops_port or SERVICE_OPS_PORTS[service]
+    spec = _spec(service)
+    port = port or spec.port
+    ops_port = ops_port or spec.ops_port
     if port == ops_port:
         raise fail(f"the ops port must differ from the API port ({port})")
-    settings = load_settings()
-    problems = settings.problems([service])
+    settings = load_settings(spec.settings)
+    problems = settings.problems(spec.needs, spec.secrets)
     if problems:
         for problem in problems:
             err.print(f"[bold red]refusing to start ({settings.env}):[/] {problem}", highlight=False)
@@ -89,11 +105,10 @@ def serve(
     from prognetwork.kit.app import configure_logging
     from prognetwork.kit.server import serve as run_server
 
-    configure_logging(service, settings)
-    tracing.configure(service)  # before the app exists, so its clients are instrumented
-    module = importlib.import_module(f"prognetwork.{service}.app")
+    configure_logging(spec.name, settings)
+    tracing.configure(spec.name)  # before the app exists, so its clients are instrumented
     try:
-        run_server(module.create_app(settings), settings, host, port, ops_port)
+        run_server(spec.create_app(settings), settings, host, port, ops_port)
     finally:
         tracing.shutdown()
 
@@ -105,12 +120,16 @@ def _serve_reloading(service: str, host: str, port: int, ops_port: int, director
     import prognetwork
 
     watched = directory or Path(prognetwork.__file__).parent
-    command = [sys.executable, "-m", "prognetwork", "serve", service, "--host", host, "--port", str(port),
-               "--ops-port", str(ops_port)]
+    command = [sys.executable, "-m", "prognetwork", "serve", service]
+    command += ["--host", host, "--port", str(port), "--ops-port", str(ops_port)]
     out.print(f"{service}: restarting whenever a file under {watched} changes", highlight=False)
     # SIGTERM stops the watcher, which stops the child with SIGINT (no drain delay: development).
-    run_process(watched, target=shlex.join(command), target_type="command",
-                callback=lambda changes: err.print(f"{service}: {len(changes)} file(s) changed; restarting"))
+    run_process(
+        watched,
+        target=shlex.join(command),
+        target_type="command",
+        callback=lambda changes: err.print(f"{service}: {len(changes)} file(s) changed; restarting"),
+    )
 
 
 @app.command()
@@ -118,7 +137,7 @@ def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Bring the database schema up to date (safe to run from several replicas at once)."""
     from prognetwork.kit import migrations
 
-    settings = load_settings()
+    settings = load_settings(Settings)
     try:
         migrations.upgrade(settings.database_dsn, revision)
     except OSError as exc:
@@ -131,16 +150,20 @@ def config_check(
     env: Annotated[str | None, typer.Option(help="Check as this PROG_ENV")] = None,
     service: Annotated[list[str] | None, typer.Option(help="Only what these services need")] = None,
 ) -> None:
-    """Say whether this environment's configuration is fit to run; exit 1 if not."""
+    """Say whether this environment's configuration is fit to run every service (or the ones named);
+    list every problem of every service at once and exit 1 if there is any."""
     if env is not None and env not in ("development", "staging", "production"):
         raise fail(f"unknown environment '{env}'; use development, staging or production")
-    settings = load_settings(**({"PROG_ENV": env} if env else {}))
-    services = [_check_service(s) for s in service] if service else None
-    problems = settings.problems(services)
+    specs = [_spec(s) for s in service] if service else list(registered().values())
+    problems: dict[str, list[str]] = {}  # a problem, and the services it concerns
+    for spec in specs:
+        settings = load_settings(spec.settings, **({"PROG_ENV": env} if env else {}))
+        for problem in settings.problems(spec.needs, spec.secrets):
+            problems.setdefault(problem, []).append(spec.name)
     if problems:
         out.print(f"[bold red]{settings.env}: {len(problems)} problem(s)[/]", highlight=False)
-        for problem in problems:
-            out.print(f"  - {problem}", highlight=False)
+        for problem, names in problems.items():
+            out.print(f"  - {problem} [dim]({', '.join(names)})[/]", highlight=False)
         raise typer.Exit(1)
     out.print(f"[bold green]{settings.env}: configuration OK[/]", highlight=False)
 
@@ -149,17 +172,24 @@ def config_check(
 def up(
     services: Annotated[list[str] | None, typer.Argument(help="Default: every service")] = None,
     port_offset: Annotated[
-        int, typer.Option(envvar="PROG_PORT_OFFSET", help="Added to every service port (run two stacks side by side)")
+        int,
+        typer.Option(
+            envvar="PROG_PORT_OFFSET", help="Added to every service port (run two stacks side by side)"
+        ),
     ] = 0,
     with_monitoring: Annotated[
-        bool, typer.Option("--with-monitoring", help="Also run Prometheus (with the alert rules) scraping every service")
+        bool,
+        typer.Option(
+            "--with-monitoring", help="Also run Prometheus (with the alert rules) scraping every service"
+        ),
     ] = False,
 ) -> None:
     """Run the whole platform on this machine, in the foreground; Ctrl-C stops it."""
-    names = [_check_service(s) for s in services] if services else list(SERVICE_PORTS)
-    ports = {name: SERVICE_PORTS[name] + port_offset for name in names}
-    ops_ports = {name: SERVICE_OPS_PORTS[name] + port_offset for name in names}
-    settings = load_settings()
+    specs = {s.name: s for s in ([_spec(n) for n in services] if services else registered().values())}
+    names = list(specs)
+    ports = {name: spec.port + port_offset for name, spec in specs.items()}
+    ops_ports = {name: spec.ops_port + port_offset for name, spec in specs.items()}
+    settings = load_settings(Settings)
     if not settings.is_development:
         raise fail("`prog up` is for development; unset PROG_ENV or set it to development")
     from prognetwork.kit import local, migrations
@@ -188,9 +218,12 @@ def up(
             out.print(f"embedded Redis: data in {state / 'redis'}")
         migrations.upgrade(Settings(DATABASE_URL=env["DATABASE_URL"]).database_dsn)
         for name, port in ports.items():  # how services (the gateway) find each other here
-            env.setdefault(f"{name.upper()}_URL", f"http://127.0.0.1:{port}")
+            env.setdefault(f"{specs[name].env_prefix}_URL", f"http://127.0.0.1:{port}")
+        issuer = next((s for s in specs.values() if "JWT_SIGNING_KEYS" in s.secrets), None)
+        if issuer is not None:  # where verifiers fetch the token issuer's public keys
+            env.setdefault("JWKS_URL", f"http://127.0.0.1:{ports[issuer.name]}/.well-known/jwks.json")
         for name in names:
-            children[name] = _spawn(name, ports[name], ops_ports[name], env)
+            children[name] = _spawn(specs[name], ports[name], ops_ports[name], env)
         _wait_ready(ops_ports, children)
         if with_monitoring:
             prometheus_url, stop_prometheus = _start_prometheus(ops_ports, state, port_offset)
@@ -204,10 +237,10 @@ def up(
         out.print(table)
         if with_monitoring:
             out.print(f"Prometheus (alert rules loaded): {prometheus_url}")
-        if "gateway" in ports:
-            out.print(f"Clients use the gateway: http://127.0.0.1:{ports['gateway']}/api/v1/…")
+        for edge in (s for s in specs.values() if s.edge):
+            out.print(f"Clients use the {edge.name}: http://127.0.0.1:{ports[edge.name]}/api/v1/…")
         out.print("Ctrl-C stops everything.")
-        _supervise(ports, ops_ports, children, env)
+        _supervise(specs, ports, ops_ports, children, env)
     except KeyboardInterrupt:
         stopping = True
     except local.LocalServerError as exc:
@@ -233,7 +266,9 @@ def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tu
     if shutil.which("prometheus") is None:
         subprocess.run(["sh", str(MONITORING_TOOLS)], check=True)  # noqa: S603,S607 - our own script
     config = yaml.safe_load(MONITORING_CONFIG.read_text())
-    config["rule_files"] = [str((MONITORING_CONFIG.parent / p).resolve()) for p in config.get("rule_files", [])]
+    config["rule_files"] = [
+        str((MONITORING_CONFIG.parent / p).resolve()) for p in config.get("rule_files", [])
+    ]
     config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in ops_ports]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [f"127.0.0.1:{ops_ports[job['job_name']]}"]}]
@@ -242,9 +277,15 @@ def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tu
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{9090 + offset}"
     process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
-        ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",  # noqa: S607 - found on PATH above
-         f"--web.listen-address={address}"],
-        stdout=open(directory / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [  # noqa: S607 - found on PATH above
+            "prometheus",
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address={address}",
+        ],
+        stdout=open(directory / "prometheus.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def stop() -> None:
@@ -257,38 +298,32 @@ def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tu
     return f"http://{address}", stop
 
 
-def _spawn(name: str, port: int, ops_port: int, env: dict[str, str]) -> subprocess.Popen:
-    if name != "gateway":
-        # The gateway on this machine is the proxy in front of every other service: they take
-        # the client address from its X-Forwarded-For. The gateway itself trusts no proxy (unless
-        # the environment names one): any local process could otherwise choose its own address.
+def _spawn(spec: ServiceSpec, port: int, ops_port: int, env: dict[str, str]) -> subprocess.Popen:
+    if not spec.edge:
+        # The edge service (the gateway) on this machine is the proxy in front of every other one:
+        # they take the client address from its X-Forwarded-For. The edge itself trusts no proxy
+        # (unless the environment names one): any local process could otherwise choose its address.
         env = {**env, "FORWARDED_ALLOW_IPS": "127.0.0.1"}
-    return subprocess.Popen(  # noqa: S603 - this interpreter and a registered service name, no shell
-        [sys.executable, "-m", "prognetwork", "serve", name, "--host", "127.0.0.1", "--port", str(port),
-         "--ops-port", str(ops_port)],
-        env=env, start_new_session=True,  # Ctrl-C reaches only `prog up`, which stops children in order
-    )
+    # Its own session: Ctrl-C reaches only `prog up`, which stops the children in order.
+    return process.spawn(spec.name, port, ops_port, env, own_session=True)
 
 
 def _wait_ready(ops_ports: dict[str, int], children: dict[str, subprocess.Popen]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = set(ops_ports)
-    while pending:
-        for name in sorted(pending):
-            if children[name].poll() is not None:
-                raise fail(f"service {name} exited during start-up (status {children[name].returncode}); see its log above")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ops_ports[name]}/readiness", timeout=2):
-                    pending.discard(name)
-            except (urllib.error.URLError, OSError):
-                pass
-        if time.monotonic() > deadline:
-            raise fail(f"not ready after {START_TIMEOUT:.0f}s: {', '.join(sorted(pending))}")
-        time.sleep(0.2)
+    try:
+        process.wait_ready(
+            {name: (children[name], f"http://127.0.0.1:{port}") for name, port in ops_ports.items()},
+            START_TIMEOUT,
+        )
+    except process.NotReady as exc:
+        raise fail(f"{exc}; see its log above") from None
 
 
 def _supervise(
-    ports: dict[str, int], ops_ports: dict[str, int], children: dict[str, subprocess.Popen], env: dict[str, str]
+    specs: dict[str, ServiceSpec],
+    ports: dict[str, int],
+    ops_ports: dict[str, int],
+    children: dict[str, subprocess.Popen],
+    env: dict[str, str],
 ) -> None:
     """Restart a service that dies, with backoff; give up if it keeps dying."""
     restarts: dict[str, list[float]] = {name: [] for name in ports}
@@ -305,7 +340,7 @@ def _supervise(
                 raise fail(f"service {name} keeps exiting (status {code}); stopping the platform")
             err.print(f"[yellow]service {name} exited with status {code}; restarting[/]")
             time.sleep(min(8.0, 0.5 * 2 ** len(recent)))
-            children[name] = _spawn(name, ports[name], ops_ports[name], env)
+            children[name] = _spawn(specs[name], ports[name], ops_ports[name], env)
 
 
 def _stop_all(children: dict[str, subprocess.Popen]) -> None:
@@ -320,6 +355,33 @@ def _stop_all(children: dict[str, subprocess.Popen]) -> None:
             child.kill()
 
 
+@app.command()
+def scaffold(
+    name: Annotated[str, typer.Argument(help="The service's one name, e.g. billing-service")],
+    port: Annotated[int, typer.Option(help="Its API port (the ops port is this + 1000)")],
+    package: Annotated[
+        str | None, typer.Option(help="Its Python package. Default: the name without -service")
+    ] = None,
+    into: Annotated[Path, typer.Option(help="Where packages live")] = Path(__file__).parent,
+) -> None:
+    """Create a new service package in the house shape; print the deploy entries it still needs."""
+    from prognetwork.scaffold import ScaffoldError, check, deploy_checklist, package_name, write
+
+    package = package or package_name(name)
+    known = registered()
+    try:
+        check(
+            name, package, port, {p for s in known.values() for p in (s.port, s.ops_port)}, set(known), into
+        )
+    except ScaffoldError as exc:
+        raise fail(str(exc)) from None
+    for path in write(name, package, port, into):
+        out.print(f"created {path}", highlight=False)
+    out.print(f"\n{name} is registered (prog serve {name}). Now add its deploy entries:", highlight=False)
+    for step in deploy_checklist(name, port):
+        out.print(f"  - {step}", highlight=False)
+
+
 users_app = typer.Typer(no_args_is_help=True, help="Manage accounts.")
 app.add_typer(users_app, name="users")
 
@@ -332,15 +394,20 @@ def _set_disabled(email: str, disabled: bool) -> None:
 
     from prognetwork.kit.problems import Problem
     from prognetwork.users.admin import set_disabled
+    from prognetwork.users.settings import UsersSettings
 
-    settings = load_settings()
+    settings = load_settings(UsersSettings)
     try:
         user_id = asyncio.run(set_disabled(settings, email, disabled))
     except Problem as problem:
         raise fail(problem.detail, 1) from None
     except (OSError, RedisError, DBAPIError) as exc:
-        raise fail(f"cannot reach PostgreSQL or Redis ({type(exc).__name__}); check DATABASE_URL and REDIS_URL") from None
-    out.print(f"{email.lower()} ({user_id}) is {'disabled; every session has ended' if disabled else 'enabled'}")
+        raise fail(
+            f"cannot reach PostgreSQL or Redis ({type(exc).__name__}); check DATABASE_URL and REDIS_URL"
+        ) from None
+    out.print(
+        f"{email.lower()} ({user_id}) is {'disabled; every session has ended' if disabled else 'enabled'}"
+    )
 
 
 @users_app.command("disable")

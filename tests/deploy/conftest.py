@@ -1,26 +1,21 @@
-"""Rendering of the Kubernetes manifests (deploy/k8s), shared by the test_k8s* modules."""
+"""Fixtures of the deploy checks: the Kubernetes tools and rendered manifests, the monitoring tools."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S_DIR = ROOT / "deploy" / "k8s"
-K8S_OVERLAYS = sorted(p.name for p in (K8S_DIR / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-# Custom resource schemas published beside the repository (never copied into it).
-K8S_CRD_SCHEMAS = ROOT.parent / "shared" / "schemas" / "crds"
-K8S_INSTALL_SCRIPT = ROOT / "scripts" / "install-k8s-tools.sh"
+from tests.helpers.k8s import K8S_DIR, K8S_INSTALL_SCRIPT, K8sTools
+from tests.helpers.monitoring import install_monitoring_tools
+from tests.helpers.paths import ROOT
 
 
-@dataclass(frozen=True)
-class K8sTools:
-    kubectl: Path
-    checkov: Path
+@pytest.fixture(scope="session")
+def monitoring_tools() -> None:
+    """Prometheus, promtool, Alertmanager and amtool on PATH (installed once per run if missing)."""
+    install_monitoring_tools()
 
 
 @pytest.fixture(scope="session")

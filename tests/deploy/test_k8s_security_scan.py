@@ -14,11 +14,11 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy.conftest import K8S_OVERLAYS, ROOT
+from tests.helpers.docker import DOCKERFILE
+from tests.helpers.k8s import K8S_OVERLAYS
 
-DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 DOCKERFILE_EXCEPTIONS = {
-    # The base image is `ARG BASE_IMAGE=python:3.12-slim`, a version tag; checkov cannot see
+    # The base image is `ARG BASE_IMAGE=python:3.11-slim`, a version tag; checkov cannot see
     # through the build argument and takes the unresolved `${BASE_IMAGE}` for an untagged image.
     "CKV_DOCKER_7": "base image is a build argument defaulting to a version tag",
 }

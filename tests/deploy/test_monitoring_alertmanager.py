@@ -7,50 +7,43 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.test_monitoring_prometheus import MONITORING, install_monitoring_tools, run
-
-CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
-
-
-@pytest.fixture(scope="module")
-def monitoring_tools() -> None:
-    install_monitoring_tools()
+from tests.helpers.monitoring import ALERTMANAGER_CONFIG, run
 
 
 def test_config_is_valid(monitoring_tools):
-    result = run("amtool", "check-config", CONFIG)
+    result = run("amtool", "check-config", ALERTMANAGER_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(("labels", "receiver"), [
-    ({"severity": "critical", "alertname": "ServiceDown", "service": "users"}, "pagerduty-and-slack"),
-    ({"severity": "critical", "alertname": "AvailabilityBudgetBurn", "service": "gateway", "slo": "availability"},
+    ({"severity": "critical", "alertname": "ServiceDown", "service": "user-service"}, "pagerduty-and-slack"),
+    ({"severity": "critical", "alertname": "AvailabilityBudgetBurn", "service": "api-gateway", "slo": "availability"},
      "pagerduty-and-slack"),
-    ({"severity": "warning", "alertname": "HighLatencyP95", "service": "users"}, "slack-and-email"),
-    ({"severity": "ticket", "alertname": "LatencyBudgetBurn", "service": "users", "slo": "latency"}, "jira"),
+    ({"severity": "warning", "alertname": "HighLatencyP95", "service": "user-service"}, "slack-and-email"),
+    ({"severity": "ticket", "alertname": "LatencyBudgetBurn", "service": "user-service", "slo": "latency"}, "jira"),
     ({"alertname": "SomethingWithoutSeverity"}, "slack"),
 ])
 def test_routes_by_severity(monitoring_tools, labels, receiver):
-    result = run("amtool", "config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={receiver}",
+    result = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", f"--verify.receivers={receiver}",
                  *(f"{k}={v}" for k, v in labels.items()))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_critical_pages_and_posts_warning_posts_and_mails_ticket_files_an_issue():
-    receivers = {r["name"]: r for r in yaml.safe_load(CONFIG.read_text())["receivers"]}
+    receivers = {r["name"]: r for r in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]}
     assert set(receivers["pagerduty-and-slack"]) >= {"pagerduty_configs", "slack_configs"}
     assert set(receivers["slack-and-email"]) >= {"slack_configs", "email_configs"}
     assert set(receivers["jira"]) == {"name", "webhook_configs"}
 
 
 def test_warning_is_inhibited_by_a_critical_of_the_same_alert_and_service():
-    rules = yaml.safe_load(CONFIG.read_text())["inhibit_rules"]
+    rules = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["inhibit_rules"]
     assert {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
             "equal": ["alertname", "service"]} in rules
 
 
 def test_secrets_come_from_files_only():
-    text = CONFIG.read_text()
+    text = ALERTMANAGER_CONFIG.read_text()
     secret_keys = ("routing_key", "service_key", "api_url", "auth_password", "smtp_auth_password",
                    "slack_api_url", "api_key", "auth_secret")
     for key in secret_keys:

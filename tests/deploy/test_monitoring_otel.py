@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.deploy.test_monitoring_prometheus import MONITORING
+from tests.helpers.monitoring import MONITORING
 
 CONFIG = MONITORING / "otel-collector" / "config.yaml"
 # component type -> the signals it handles

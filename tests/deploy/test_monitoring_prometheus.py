@@ -4,68 +4,31 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from prognetwork.kit.settings import SERVICE_OPS_PORTS
-from tests.support import ROOT
+from prognetwork.registry import services
+from tests.helpers.k8s import K8S_DIR
+from tests.helpers.monitoring import (
+    DASHBOARDS,
+    MONITORING,
+    PROMETHEUS,
+    RULE_FILES,
+    RULE_TESTS,
+    alerts,
+    dashboard_exprs,
+    load_rules,
+    run,
+    squeeze,
+)
 
-MONITORING = ROOT / "deploy" / "monitoring"
-PROMETHEUS = MONITORING / "prometheus"
-RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
-RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
-DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
-K8S = ROOT / "deploy" / "k8s"
-TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")  # Debian's binary names
-SERVICE_JOBS = {"users", "notifications", "gateway", "streaming"}
+# A service's job is its name: local.yml's job, and the pods' app name in Kubernetes.
+SERVICE_JOBS = set(services())
 ERROR_RATIO = (
     "sum by (service) (rate(errors_total[5m])) / (sum by (service) (rate(requests_total[5m])) > 0)"
 )
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
-
-
-def install_monitoring_tools() -> None:
-    """Install Prometheus and Alertmanager (and their CLIs) through the project's script."""
-    if all(shutil.which(tool) for tool in TOOLS):
-        return
-    result = subprocess.run(["sh", str(ROOT / "scripts" / "install-monitoring-tools.sh")], capture_output=True, text=True)
-    missing = [tool for tool in TOOLS if not shutil.which(tool)]
-    assert not missing, f"scripts/install-monitoring-tools.sh left {missing} missing:\n{result.stdout}\n{result.stderr}"
-
-
-@pytest.fixture(scope="session")
-def monitoring_tools() -> None:
-    install_monitoring_tools()
-
-
-def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def load_rules() -> list[dict]:
-    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
-
-
-def alerts() -> list[dict]:
-    return [rule for rule in load_rules() if "alert" in rule]
-
-
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every query of every panel."""
-    found = []
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                found.append((path.name, panel["title"], target["expr"]))
-    return found
-
-
-def squeeze(expr: str) -> str:
-    return re.sub(r"\s+", "", expr)
 
 
 # --- configs -------------------------------------------------------------------------------
@@ -109,19 +72,17 @@ def test_local_config_scrapes_every_service_on_its_ops_port():
     # The ops port is the only one serving /metrics (the API port answers it 404).
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets == {name: [f"127.0.0.1:{port}"] for name, port in SERVICE_OPS_PORTS.items()}
+    assert targets == {name: [f"127.0.0.1:{spec.ops_port}"] for name, spec in services().items()}
 
 
-@pytest.mark.skipif(not (K8S / "base").is_dir(), reason="deploy/k8s/base does not exist yet")
+@pytest.mark.skipif(not (K8S_DIR / "base").is_dir(), reason="deploy/k8s/base does not exist yet")
 def test_every_scraped_kubernetes_app_becomes_a_job_the_alerts_cover():
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    renames = {
-        rule["regex"]: rule["replacement"]
-        for rule in config["scrape_configs"][0]["relabel_configs"]
-        if rule.get("source_labels") == ["job"]
-    }
+    # The job is the pod's app name as it is: no rule rewrites it into another name.
+    (job_rule,) = [rule for rule in config["scrape_configs"][0]["relabel_configs"] if rule.get("target_label") == "job"]
+    assert job_rule == {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "target_label": "job"}
     apps = set()
-    for path in (K8S / "base").glob("*.yaml"):
+    for path in (K8S_DIR / "base").glob("*.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if not isinstance(doc, dict):
                 continue
@@ -129,7 +90,7 @@ def test_every_scraped_kubernetes_app_becomes_a_job_the_alerts_cover():
             if template.get("annotations", {}).get("prometheus.io/scrape") == "true":
                 apps.add(template["labels"]["app.kubernetes.io/name"])
     assert apps, "no pod in deploy/k8s/base is annotated for scraping"
-    assert {renames.get(app, app) for app in apps} <= SERVICE_JOBS
+    assert apps == SERVICE_JOBS
 
 
 # --- rules -----------------------------------------------------------------------------------
@@ -195,7 +156,7 @@ def test_slo_ratios_are_recorded_for_every_burn_window():
 
 def test_analysis_template_judges_the_same_error_ratio():
     templates = []
-    for path in sorted(K8S.rglob("*.yaml")) if K8S.is_dir() else []:
+    for path in sorted(K8S_DIR.rglob("*.yaml")) if K8S_DIR.is_dir() else []:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "AnalysisTemplate":
                 templates += [m["provider"]["prometheus"]["query"] for m in doc["spec"]["metrics"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import start_service
+from tests.helpers.processes import start_service
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +26,6 @@ def fresh_rate_limits(redis_url):
 @pytest.fixture
 def users(service_env, tmp_path):
     """The user service as a process (here `users` is a process, not an in-process client)."""
-    process = start_service("users", service_env, tmp_path)
+    process = start_service("user-service", service_env, tmp_path)
     yield process
     process.stop()

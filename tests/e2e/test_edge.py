@@ -14,7 +14,10 @@ import redis as redis_sync
 import uvicorn
 
 from prognetwork.kit.server import BoundedH11Protocol, BoundedHttpToolsProtocol, ServerConfig
-from tests.support import eventually, free_port, http_status, http_text, request_json, start_service
+from tests.helpers.http import http_status, http_text, request_json
+from tests.helpers.polling import eventually
+from tests.helpers.ports import free_port
+from tests.helpers.processes import issuer_env, start_service
 
 pytestmark = pytest.mark.e2e
 MAX_HEADER_BYTES = 32 * 1024  # the defaults
@@ -24,7 +27,7 @@ OPERATIONAL = ("/health", "/readiness", "/metrics", "/docs", "/openapi.json")
 
 @pytest.fixture
 def gateway(service_env, users, tmp_path):
-    process = start_service("gateway", {**service_env, "USERS_URL": users.url}, tmp_path)
+    process = start_service("api-gateway", {**service_env, **issuer_env(users.url)}, tmp_path)
     yield process
     process.stop()
 
@@ -174,7 +177,7 @@ def rate_limited_gateway(service_env, users, tmp_path, redis_url, **env: str):
     store = redis_sync.Redis.from_url(redis_url)
     for key in store.scan_iter("rl:*"):  # earlier tests' counts (this run's own Redis database)
         store.delete(key)
-    return start_service("gateway", {**service_env, "USERS_URL": users.url,
+    return start_service("api-gateway", {**service_env, **issuer_env(users.url),
                                      "GATEWAY_RATE_LIMITS": json.dumps(limits), **env}, tmp_path)
 
 

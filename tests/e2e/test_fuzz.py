@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from prognetwork.kit.settings import Settings
-from tests.support import ServiceProcess, bearer, mint, start_service
+from prognetwork.gateway.settings import GatewaySettings
+from tests.helpers.processes import ServiceProcess, issuer_env, start_service
+from tests.helpers.tokens import bearer, mint
 
 pytestmark = pytest.mark.e2e
 
@@ -82,16 +83,16 @@ def platform(fuzz_env, tmp_path_factory):
     logs = tmp_path_factory.mktemp("fuzz-logs")
     started: dict[str, ServiceProcess] = {}
     try:
-        started["users"] = start_service("users", fuzz_env, logs)
-        upstreams = {"USERS_URL": started["users"].url}
+        started["users"] = start_service("user-service", fuzz_env, logs)
+        upstreams = issuer_env(started["users"].url)
         # Independent of each other once the user service (and its keys) is up: start together.
         with ThreadPoolExecutor(2) as pool:
-            notifications = pool.submit(start_service, "notifications", fuzz_env, logs)
-            streaming = pool.submit(start_service, "streaming", {**fuzz_env, **upstreams}, logs)
+            notifications = pool.submit(start_service, "notification-service", fuzz_env, logs)
+            streaming = pool.submit(start_service, "event-streaming", {**fuzz_env, **upstreams}, logs)
             started["notifications"], started["streaming"] = notifications.result(), streaming.result()
-        started["gateway"] = start_service("gateway", {
-            **fuzz_env, **upstreams, "STREAMING_URL": started["streaming"].url,
-            "NOTIFICATIONS_URL": started["notifications"].url,
+        started["gateway"] = start_service("api-gateway", {
+            **fuzz_env, **upstreams, "EVENT_STREAMING_URL": started["streaming"].url,
+            "NOTIFICATION_SERVICE_URL": started["notifications"].url,
         }, logs)
         yield started
     finally:
@@ -204,14 +205,18 @@ def test_service_openapi_fuzzing_finds_no_server_errors(platform, tokens, servic
     report(service, run, process)
 
 
+# The platform's processes by the upstream name the gateway's route table gives each.
+UPSTREAM_NAMES = {"users": "user-service", "notifications": "notification-service", "streaming": "event-streaming"}
+
+
 def gateway_paths(env: dict[str, str], upstream: str, path: str) -> str | None:
     """The gateway base URL prefix under which `upstream`'s `path` is reachable, if any."""
     # Settings' init arguments are not JSON-decoded as its environment variables are.
-    settings_ = Settings(**{k: json.loads(v) if k.startswith("GATEWAY_") else v for k, v in env.items()})
+    settings_ = GatewaySettings(**{k: json.loads(v) if k.startswith("GATEWAY_") else v for k, v in env.items()})
     for route in settings_.routes:
         candidate = route.strip_prefix.rstrip("/") + path
         if candidate == route.prefix or candidate.startswith(route.prefix.rstrip("/") + "/"):
-            return route.strip_prefix.rstrip("/") if route.upstream == upstream else None
+            return route.strip_prefix.rstrip("/") if route.upstream == UPSTREAM_NAMES[upstream] else None
     return None
 
 

@@ -15,18 +15,13 @@ import redis as redis_sync
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prognetwork.users.keys import generate_pem, load_key
-from tests.conftest import unique_email
-from tests.stub_upstream import StubUpstream
-from tests.support import (
-    DisposableRedis,
-    bearer,
-    eventually,
-    http_status,
-    http_text,
-    mint,
-    request_json,
-    start_service,
-)
+from tests.helpers.accounts import unique_email
+from tests.helpers.databases import DisposableRedis
+from tests.helpers.http import http_status, http_text, request_json
+from tests.helpers.polling import eventually
+from tests.helpers.processes import issuer_env, start_service
+from tests.helpers.stub_upstream import StubUpstream
+from tests.helpers.tokens import bearer, mint
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -41,12 +36,12 @@ def stub():
 
 @pytest.fixture
 def gateway_env(service_env, users, stub) -> dict[str, str]:
-    return {**service_env, "USERS_URL": users.url, "STREAMING_URL": stub.url, "UPSTREAM_TIMEOUT_SECONDS": "1"}
+    return {**service_env, **issuer_env(users.url), "EVENT_STREAMING_URL": stub.url, "UPSTREAM_TIMEOUT_SECONDS": "1"}
 
 
 @pytest.fixture
 def gateway(gateway_env, tmp_path):
-    process = start_service("gateway", gateway_env, tmp_path)
+    process = start_service("api-gateway", gateway_env, tmp_path)
     yield process
     process.stop()
 
@@ -72,7 +67,7 @@ def register_and_login(gateway_url: str, database_url: str) -> dict:
             await conn.close()
         return json.loads(payload)["token"]
 
-    from tests.conftest import in_thread
+    from tests.helpers.threads import in_thread
 
     status, _ = request_json("POST", f"{gateway_url}/api/v1/auth/verify-email", {"token": in_thread(asyncio.run, token()), "password": PASSWORD})
     assert status == 200
@@ -94,6 +89,16 @@ def test_readme_flow_runs_entirely_through_the_gateway(gateway, database_url):
     assert request_json("POST", f"{gateway.url}/api/v1/auth/logout", {"refresh_token": refreshed["refresh_token"]})[0] == 401
     assert request_json("POST", f"{gateway.url}/api/v1/auth/logout", {"refresh_token": refreshed["refresh_token"]},
                         headers=bearer(refreshed["access_token"]))[0] == 204
+
+
+def test_password_reset_needs_no_access_token_at_the_gateway(gateway, database_url):
+    # Whoever forgot their password has no token: both steps are public routes (rate-limited as auth).
+    session = register_and_login(gateway.url, database_url)
+    status, answer = request_json("POST", f"{gateway.url}/api/v1/auth/password-reset", {"email": session["email"]})
+    assert status == 202 and answer["status"] == "accepted"
+    status, problem = request_json("POST", f"{gateway.url}/api/v1/auth/password-reset/confirm",
+                                   {"token": "not-a-real-link", "password": "a new passphrase"})
+    assert status == 400 and problem["type"].endswith("/invalid-reset-link")
 
 
 def test_a_signed_out_access_token_stops_working_at_the_gateway(gateway, database_url):
@@ -199,8 +204,8 @@ def test_rate_limit_is_shared_by_two_gateway_processes(gateway_env, tmp_path, re
               "anonymous": {"requests": 6, "window_seconds": 60}}
     env = {**gateway_env, "GATEWAY_RATE_LIMITS": json.dumps(limits)}
     redis_sync.Redis.from_url(redis_url).delete("rl:anonymous:a:127.0.0.1")
-    first = start_service("gateway", env, tmp_path)
-    second = start_service("gateway", env, tmp_path)
+    first = start_service("api-gateway", env, tmp_path)
+    second = start_service("api-gateway", env, tmp_path)
     try:
         statuses = [http_status(f"{g.url}/.well-known/jwks.json") for g in [first, second] * 3]
         assert statuses == [200] * 6
@@ -220,7 +225,7 @@ def test_rate_limit_is_shared_by_two_gateway_processes(gateway_env, tmp_path, re
 
 def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tmp_path):
     redis = DisposableRedis(tmp_path)
-    gateway = start_service("gateway", {**gateway_env, "REDIS_URL": redis.url}, tmp_path)
+    gateway = start_service("api-gateway", {**gateway_env, "REDIS_URL": redis.url}, tmp_path)
     try:
         assert http_status(f"{gateway.url}/.well-known/jwks.json") == 200
         redis.stop()
@@ -247,14 +252,14 @@ def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        down = start_service("gateway", {**gateway_env, "STREAMING_URL": dead_url}, tmp_path)
+        down = start_service("api-gateway", {**gateway_env, "EVENT_STREAMING_URL": dead_url}, tmp_path)
         try:
             status, problem = request_json("GET", f"{down.url}/api/v1/events/echo", headers=bearer(token))
             assert status == 502 and problem["type"].endswith("/upstream-unavailable")
         finally:
             down.stop()
     # The gateway fixture's upstream timeout is 1 s; the stub's /hang never answers.
-    slow = start_service("gateway", gateway_env, tmp_path)
+    slow = start_service("api-gateway", gateway_env, tmp_path)
     try:
         status, problem = request_json("GET", f"{slow.url}/api/v1/events/hang", headers=bearer(token))
         assert status == 504 and problem["type"].endswith("/upstream-timeout")
@@ -295,6 +300,6 @@ def test_gateway_metrics_label_routes_and_upstreams(gateway, database_url):
     session = register_and_login(gateway.url, database_url)
     request_json("GET", f"{gateway.url}/api/v1/users/me", headers=bearer(session["access_token"]))
     metrics = http_text(f"{gateway.ops_url}/metrics")
-    assert re.search(r'requests_total\{method="GET",route="/api/v1/users/\*",service="gateway",status="200"\}', metrics)
-    assert 'gateway_upstream_responses_total{status="200",upstream="users"}' in metrics
+    assert re.search(r'requests_total\{method="GET",route="/api/v1/users/\*",service="api-gateway",status="200"\}', metrics)
+    assert 'gateway_upstream_responses_total{status="200",upstream="user-service"}' in metrics
     assert "gateway_upstream_duration_seconds_bucket" in metrics

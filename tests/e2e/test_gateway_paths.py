@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from prognetwork.users.keys import load_key
-from tests.stub_upstream import StubUpstream
-from tests.support import mint, start_service
+from tests.helpers.processes import start_service
+from tests.helpers.stub_upstream import StubUpstream
+from tests.helpers.tokens import mint
 
 pytestmark = pytest.mark.e2e
 UNLIMITED = {group: {"requests": 10**6, "window_seconds": 60} for group in ("auth", "anonymous", "default")}
@@ -92,9 +93,9 @@ def canary():
 @pytest.fixture
 def upstreams(signing_key):
     stubs = {
-        "users": StubUpstream("users", jwks={"keys": [load_key(signing_key).jwk]}),
-        "streaming": StubUpstream("streaming"),
-        "notifications": StubUpstream("notifications"),
+        "user-service": StubUpstream("user-service", jwks={"keys": [load_key(signing_key).jwk]}),
+        "event-streaming": StubUpstream("event-streaming"),
+        "notification-service": StubUpstream("notification-service"),
     }
     yield stubs
     for stub in stubs.values():
@@ -104,8 +105,9 @@ def upstreams(signing_key):
 @pytest.fixture
 def gateway(service_env, upstreams, tmp_path):
     env = {**service_env, "GATEWAY_RATE_LIMITS": json.dumps(UNLIMITED),
-           **{f"{name.upper()}_URL": stub.url for name, stub in upstreams.items()}}
-    process = start_service("gateway", env, tmp_path)
+           **{f"{name.upper().replace('-', '_')}_URL": stub.url for name, stub in upstreams.items()},
+           "JWKS_URL": upstreams["user-service"].url + "/.well-known/jwks.json"}
+    process = start_service("api-gateway", env, tmp_path)
     yield process
     process.stop()
 
@@ -127,17 +129,17 @@ def corpus(canary: str) -> dict[bytes, object]:
         # the reported open proxy, and its malformed variants that used to be plain-text 500s
         f"/api%2fv1%2fauth%2flogin%2f@{canary}/anything": REFUSED,
         "/api%2Fv1%2Fevents": REFUSED,
-        "/%61pi/v1/auth/login": Relayed("users", "/v1/auth/login", public=True),
-        "/%61pi/v1/events/echo": Relayed("streaming", "/v1/events/echo"),
+        "/%61pi/v1/auth/login": Relayed("user-service", "/v1/auth/login", public=True),
+        "/%61pi/v1/events/echo": Relayed("event-streaming", "/v1/events/echo"),
         f"/api/v1/auth/login%2f@{canary}": REFUSED,
         f"/api/v1/auth/login%2F@{canary}/x": REFUSED,
-        f"/api/v1/auth/login/@{canary}/anything": Relayed("users", f"/v1/auth/login/@{canary}/anything", public=True),
-        f"/api/v1/auth/login:1@{canary}/x": Relayed("users", f"/v1/auth/login:1@{canary}/x"),  # /api/v1/auth
-        f"/api/v1/events/echo%40{canary}": Relayed("streaming", f"/v1/events/echo%40{canary}"),
-        f"/api/v1/events/echo%3f@{canary}": Relayed("streaming", f"/v1/events/echo%3F@{canary}"),
-        f"/api/v1/events/echo%23@{canary}": Relayed("streaming", f"/v1/events/echo%23@{canary}"),
-        f"/api/v1/events/echo?next=//{canary}/&u=http://{canary}@x": Relayed("streaming", "/v1/events/echo"),
-        f"/api/v1/events/echo?p=%2F..%2F%00%zz#@{canary}": Relayed("streaming", "/v1/events/echo"),
+        f"/api/v1/auth/login/@{canary}/anything": Relayed("user-service", f"/v1/auth/login/@{canary}/anything", public=True),
+        f"/api/v1/auth/login:1@{canary}/x": Relayed("user-service", f"/v1/auth/login:1@{canary}/x"),  # /api/v1/auth
+        f"/api/v1/events/echo%40{canary}": Relayed("event-streaming", f"/v1/events/echo%40{canary}"),
+        f"/api/v1/events/echo%3f@{canary}": Relayed("event-streaming", f"/v1/events/echo%3F@{canary}"),
+        f"/api/v1/events/echo%23@{canary}": Relayed("event-streaming", f"/v1/events/echo%23@{canary}"),
+        f"/api/v1/events/echo?next=//{canary}/&u=http://{canary}@x": Relayed("event-streaming", "/v1/events/echo"),
+        f"/api/v1/events/echo?p=%2F..%2F%00%zz#@{canary}": Relayed("event-streaming", "/v1/events/echo"),
         # empty segments: '//host' is an authority to anyone who re-parses the path
         f"//{canary}/api/v1/auth/login": REFUSED,
         f"/api/v1/auth/login//{canary}/x": REFUSED,
@@ -164,23 +166,23 @@ def corpus(canary: str) -> dict[bytes, object]:
         "/api/v1/users/%ef%bc%8f..": REFUSED,
         "/api/v1/users/%zz": REFUSED,
         # mixed case: only the encodings are case-insensitive
-        "/api/v1/events/%65cho": Relayed("streaming", "/v1/events/echo"),
-        "/api/v1/events/%45cho": Relayed("streaming", "/v1/events/Echo"),
+        "/api/v1/events/%65cho": Relayed("event-streaming", "/v1/events/echo"),
+        "/api/v1/events/%45cho": Relayed("event-streaming", "/v1/events/Echo"),
         "/API/v1/events/echo": UNROUTED,
         "/api/V1/events/echo": UNROUTED,
         # ordinary requests still work
-        "/api/v1/events/caf%c3%a9": Relayed("streaming", "/v1/events/caf%C3%A9"),
-        "/.well-known/jwks.json": Relayed("users", "/.well-known/jwks.json", public=True),
-        "/api/v1/users/me": Relayed("users", "/v1/users/me"),
-        "/api/v1/dev/outbox": Relayed("notifications", "/v1/dev/outbox", public=True),
+        "/api/v1/events/caf%c3%a9": Relayed("event-streaming", "/v1/events/caf%C3%A9"),
+        "/.well-known/jwks.json": Relayed("user-service", "/.well-known/jwks.json", public=True),
+        "/api/v1/users/me": Relayed("user-service", "/v1/users/me"),
+        "/api/v1/dev/outbox": Relayed("notification-service", "/v1/dev/outbox", public=True),
         "/api/v2/nothing": UNROUTED,
     }
     return {raw.encode(): expected for raw, expected in cases.items()}
 
 
 def test_hostile_paths_reach_only_the_intended_upstream_under_the_route_prefix(gateway, upstreams, canary, signing_key):
-    prefixes = {"users": ("/v1/", "/.well-known/jwks.json"), "streaming": ("/v1/events/",),
-                "notifications": ("/v1/dev/",)}
+    prefixes = {"user-service": ("/v1/", "/.well-known/jwks.json"), "event-streaming": ("/v1/events/",),
+                "notification-service": ("/v1/dev/",)}
     for token in (None, mint(signing_key, "path-tester")):  # anonymous first, as the reported attack was
         for raw, expected in corpus(f"127.0.0.1:{canary.port}").items():
             seen_before = {name: len(stub.state.paths) for name, stub in upstreams.items()}
@@ -203,7 +205,7 @@ def test_hostile_paths_reach_only_the_intended_upstream_under_the_route_prefix(g
                 assert answer.status == 401 and problem["type"].endswith("/unauthenticated"), (case, answer)
     assert canary.connections == [], "the gateway connected to an authority taken from a request"
     # The query string went on byte for byte (the fragment never leaves the client's request line).
-    queries = {r["query"] for r in upstreams["streaming"].state.requests}
+    queries = {r["query"] for r in upstreams["event-streaming"].state.requests}
     assert f"next=//127.0.0.1:{canary.port}/&u=http://127.0.0.1:{canary.port}@x" in queries
     assert "p=%2F..%2F%00%zz" in queries
 
@@ -216,7 +218,7 @@ def test_odd_request_targets_never_reach_another_authority(gateway, upstreams, c
         b"/api/v1/users/a|b": REFUSED,
         b"*": REFUSED,
         # absolute form: the authority in the target is ignored, only its path is routed
-        f"http://{authority}/api/v1/users/me".encode(): Relayed("users", "/v1/users/me"),
+        f"http://{authority}/api/v1/users/me".encode(): Relayed("user-service", "/v1/users/me"),
         # refused by the HTTP server itself, before the gateway sees a path
         "/api/v1/users/café".encode(): "server",
         f"@{authority}/x".encode(): "server",

@@ -12,8 +12,11 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import unique_email
-from tests.support import ROOT, eventually, http_status, request_json
+from prognetwork.registry import services
+from tests.helpers.accounts import unique_email
+from tests.helpers.http import http_status, request_json
+from tests.helpers.paths import ROOT
+from tests.helpers.polling import eventually
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -38,13 +41,16 @@ def stop_up(process: subprocess.Popen) -> int:
 
 
 def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
-    offset = random.randrange(20000, 40000, 100)
+    # Every port (3004…9090 + offset) below the kernel's ephemeral range (32768 up), where the
+    # other tests' free ports and outgoing connections come from, so none can be taken meanwhile.
+    offset = random.randrange(10000, 23000, 100)
+    specs = services()
     gateway = f"http://127.0.0.1:{8000 + offset}"
     users = f"http://127.0.0.1:{3007 + offset}"
     notifications = f"http://127.0.0.1:{3004 + offset}"
     # Each service's /health, /readiness, /metrics and /docs: its port + 1000.
-    ops = {"gateway": f"http://127.0.0.1:{9000 + offset}", "users": f"http://127.0.0.1:{4007 + offset}",
-           "notifications": f"http://127.0.0.1:{4004 + offset}"}
+    ops = {"api-gateway": f"http://127.0.0.1:{9000 + offset}", "user-service": f"http://127.0.0.1:{4007 + offset}",
+           "notification-service": f"http://127.0.0.1:{4004 + offset}"}
     log_path = tmp_path / "up.log"
     state = tmp_path / "state"
     up = start_up(state, offset, log_path, "--with-monitoring")
@@ -58,14 +64,19 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         for url, ops_url in zip((gateway, users, notifications), ops.values(), strict=True):
             assert http_status(ops_url + "/readiness") == 200
             assert http_status(url + "/readiness") == 404  # never on the API port
-        # The services behind the gateway take the client address from its X-Forwarded-For;
-        # the gateway itself believes no one's.
-        trusted = {}
-        for child in psutil.Process(up.pid).children():
-            if child.cmdline()[2:4] == ["prognetwork", "serve"]:
-                trusted[child.cmdline()[4]] = child.environ().get("FORWARDED_ALLOW_IPS")
-        assert trusted == {"gateway": None, "users": "127.0.0.1", "notifications": "127.0.0.1",
-                           "streaming": "127.0.0.1"}
+        # Every registered service runs under its name. The services behind the gateway take the
+        # client address from its X-Forwarded-For; the gateway itself believes no one's.
+        environments = {child.cmdline()[4]: child.environ() for child in psutil.Process(up.pid).children()
+                        if child.cmdline()[2:4] == ["prognetwork", "serve"]}
+        assert {name: env.get("FORWARDED_ALLOW_IPS") for name, env in environments.items()} == {
+            "api-gateway": None, "user-service": "127.0.0.1", "notification-service": "127.0.0.1",
+            "event-streaming": "127.0.0.1"}
+        assert set(environments) == set(specs)
+        # Each finds the others at <NAME>_URL, and the token issuer's keys at JWKS_URL.
+        for env in environments.values():
+            assert {f"{spec.env_prefix}_URL": env.get(f"{spec.env_prefix}_URL") for spec in specs.values()} == {
+                f"{spec.env_prefix}_URL": f"http://127.0.0.1:{spec.port + offset}" for spec in specs.values()}
+            assert env.get("JWKS_URL") == f"{users}/.well-known/jwks.json"
         # --with-monitoring: a real Prometheus, with the rules, scraping every service.
         prometheus = f"http://127.0.0.1:{9090 + offset}"
         assert prometheus in output
@@ -74,7 +85,8 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
             targets = request_json("GET", prometheus + "/api/v1/targets")[1]["data"]["activeTargets"]
             return {t["labels"]["job"] for t in targets if t["health"] == "up"}
 
-        assert eventually(lambda: scraped() >= {"gateway", "users", "notifications"}, timeout=60, interval=0.5)
+        # local.yml's jobs are named as the services: `prog up` kept the job of each one it started.
+        assert eventually(lambda: scraped() == set(specs), timeout=60, interval=0.5)
         rules = request_json("GET", prometheus + "/api/v1/rules")[1]["data"]["groups"]
         assert any(r["name"] == "ServiceDown" for g in rules for r in g["rules"])
 
@@ -97,7 +109,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     # A second `prog up` finds the same data.
     up = start_up(state, offset, log_path)
     try:
-        eventually(lambda: up.poll() is not None or http_status(ops["gateway"] + "/readiness") == 200, timeout=120)
+        eventually(lambda: up.poll() is not None or http_status(ops["api-gateway"] + "/readiness") == 200, timeout=120)
         status, tokens = request_json("POST", gateway + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
         assert status == 200, tokens
         status, me = request_json("GET", gateway + "/api/v1/users/me",

@@ -20,24 +20,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import unique_email
-from tests.deploy.test_monitoring_prometheus import (
-    PROMETHEUS,
-    alerts,
-    dashboard_exprs,
-    install_monitoring_tools,
-    load_rules,
-)
-from tests.support import DisposableRedis, eventually, free_port, http_status, request_json, start_service
+from prognetwork.registry import services
+from tests.helpers.accounts import unique_email
+from tests.helpers.databases import DisposableRedis
+from tests.helpers.http import http_status, request_json
+from tests.helpers.monitoring import PROMETHEUS, alerts, dashboard_exprs, install_monitoring_tools, load_rules
+from tests.helpers.polling import eventually
+from tests.helpers.ports import free_port
+from tests.helpers.processes import start_service
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
-STARTED = {"users", "notifications"}
+STARTED = {"user-service", "notification-service"}
 # Metrics only one service exports.
 OWNERS = {
-    "users": ("user_registrations_total", "user_logins_total", "user_token_refreshes_total", "events_appended_total",
+    "user-service": ("user_registrations_total", "user_logins_total", "user_token_refreshes_total", "events_appended_total",
               "redis_pool_connections"),
-    "notifications": ("events_consumed_total", "event_consumer_position", "event_consumer_failures_total",
+    "notification-service": ("events_consumed_total", "event_consumer_position", "event_consumer_failures_total",
                       "emails_sent_total", "emails_failed_total"),
 }
 # Queries that cannot return data here, and why.
@@ -47,9 +46,9 @@ NO_DATA_HERE = {
     "backup_last_success_timestamp_seconds": "needs a component that does not exist yet: the backup job",
     "stream_": "the streaming service's own metrics; tests/integration/test_streaming.py checks their export",
 }
-# Only users answered 5xx (its Redis was stopped): notifications has no errors_total series, so
-# the agreed error ratio has no sample for it: empty, never NaN.
-ERRORS_ONLY_FROM = {"users"}
+# Only user-service answered 5xx (its Redis was stopped): notification-service has no errors_total
+# series, so the agreed error ratio has no sample for it: empty, never NaN.
+ERRORS_ONLY_FROM = {"user-service"}
 
 
 @dataclass
@@ -142,7 +141,7 @@ def drive_traffic(users, notifications, redis: DisposableRedis) -> None:
     status, _ = request_json("POST", f"{users.url}/v1/auth/login", {"email": email, "password": PASSWORD})
     assert status == 503
     redis.start()
-    eventually(lambda: http_status(f"{users.ops_url}/readiness") == 200, timeout=15, what="users ready again")
+    eventually(lambda: http_status(f"{users.ops_url}/readiness") == 200, timeout=15, what="user-service ready again")
 
 
 def analysis_query() -> str:
@@ -194,11 +193,12 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
 ):
     (tmp_path / "users-redis").mkdir()
     redis = DisposableRedis(tmp_path / "users-redis")
-    users = start_service("users", {**service_env, "REDIS_URL": redis.url}, tmp_path)
-    notifications = start_service("notifications", service_env, tmp_path)
+    users = start_service("user-service", {**service_env, "REDIS_URL": redis.url}, tmp_path)
+    notifications = start_service("notification-service", service_env, tmp_path)
     prometheus_dir = tmp_path / "prometheus"
     prometheus_dir.mkdir()
-    started = start_prometheus(local_config({"users": users.ops_port, "notifications": notifications.ops_port}),
+    # local.yml's jobs are named as the services: the same names `prog serve` took.
+    started = start_prometheus(local_config({users.name: users.ops_port, notifications.name: notifications.ops_port}),
                                prometheus_dir)
     try:
         prometheus = next(started)
@@ -207,13 +207,13 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
         # Scraped on their ops ports; the API ports have no /metrics.
         targets = prometheus.get("/api/v1/targets?state=active")["data"]["activeTargets"]
         assert {t["labels"]["job"]: t["scrapeUrl"] for t in targets} == {
-            "users": f"{users.ops_url}/metrics", "notifications": f"{notifications.ops_url}/metrics"}
+            "user-service": f"{users.ops_url}/metrics", "notification-service": f"{notifications.ops_url}/metrics"}
         assert http_status(f"{users.url}/metrics") == 404 and http_status(f"{notifications.url}/metrics") == 404
         # Twice: a counter's first sample is its first increment, so rate() sees growth only
         # from what happens after Prometheus has scraped it once.
         drive_traffic(users, notifications, redis)
         eventually(lambda: prometheus.query('user_token_refreshes_total') and prometheus.query('errors_total')
-                   and prometheus.query('requests_total{service="notifications",route="/v1/dev/outbox"}'),
+                   and prometheus.query('requests_total{service="notification-service",route="/v1/dev/outbox"}'),
                    timeout=20, what="the first round scraped from both services")
         drive_traffic(users, notifications, redis)
 
@@ -224,18 +224,19 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
                 assert_answers(prometheus, rule["record"], f"recording rule {rule['record']}")
         for rule in alerts():
             if "absent(" in rule["expr"]:
-                # Answers exactly for what is missing here: the gateway and the backup job.
+                # Answers exactly for what is missing here: api-gateway, event-streaming and the backup job.
                 missing = rule["labels"]["service"] not in STARTED
                 assert bool(prometheus.query(rule["expr"])) == missing, rule
             else:
                 assert_answers(prometheus, as_signal(rule["expr"]), f"alert {rule['alert']}")
 
         # The canary analysis asks this Prometheus the same question the alert does, and gets the
-        # same answer (Argo Rollouts substitutes {{args.service}}; here: users, which had 5xx).
-        analysis = analysis_query().replace("{{args.service}}", "users")
+        # same answer (Argo Rollouts substitutes {{args.service}}, the Rollout's name; here:
+        # user-service, which had 5xx).
+        analysis = analysis_query().replace("{{args.service}}", "user-service")
         judged = eventually(lambda: prometheus.query(analysis), timeout=20, what="the analysis query answers")
-        alerted = prometheus.query('service:request_error_ratio:rate5m{service="users"}')
-        assert [s["metric"]["service"] for s in judged] == ["users"]
+        alerted = prometheus.query('service:request_error_ratio:rate5m{service="user-service"}')
+        assert [s["metric"]["service"] for s in judged] == ["user-service"]
         assert abs(float(judged[0]["value"][1]) - float(alerted[0]["value"][1])) < 0.05
 
         # Every rule evaluates without error.
@@ -251,7 +252,7 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
             return {a["labels"]["service"] for a in active
                     if a["labels"]["alertname"] == "ServiceDown" and a["state"] == "pending"}
 
-        assert eventually(down, timeout=30, interval=0.5, what="ServiceDown pending for users") == {"users"}
+        assert eventually(down, timeout=30, interval=0.5, what="ServiceDown pending for user-service") == {"user-service"}
     finally:
         started.close()
         users.stop()
@@ -281,14 +282,15 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
         labels |= {f"__meta_kubernetes_pod_annotation_prometheus_io_{k}": v for k, v in annotations.items()}
         return {"targets": [labels.pop("__address__")], "labels": labels}
 
-    # The annotations the manifests give: the ops port (API port + 1000), where /metrics is.
-    scrape = {"scrape": "true", "port": "4007", "path": "/metrics"}
-    pods = [
-        pod("user-service-a", "user-service", "10.1.0.1", scrape),
-        pod("notification-service-a", "notification-service", "10.1.0.2", {**scrape, "port": "4004"}),
-        pod("api-gateway-a", "api-gateway", "10.1.0.3", {**scrape, "port": "9000"}),
-        pod("user-service-old", "user-service", "10.1.0.4", scrape, phase="Succeeded"),
-        pod("unannotated", "redis", "10.1.0.5", {}),
+    # The annotations the manifests give every service's pods (labelled with its name): the ops
+    # port, where /metrics is.
+    def scrape(name: str) -> dict[str, str]:
+        return {"scrape": "true", "port": str(services()[name].ops_port), "path": "/metrics"}
+
+    running = {name: f"10.1.0.{i}" for i, name in enumerate(services(), start=1)}
+    pods = [pod(f"{name}-a", name, ip, scrape(name)) for name, ip in running.items()] + [
+        pod("user-service-old", "user-service", "10.1.1.1", scrape("user-service"), phase="Succeeded"),
+        pod("unannotated", "redis", "10.1.1.2", {}),
     ]
     (tmp_path / "pods.json").write_text(json.dumps(pods))
     started = start_prometheus(config, tmp_path)
@@ -299,10 +301,9 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
             targets = prometheus.get("/api/v1/targets?state=active")["data"]["activeTargets"]
             return {t["labels"]["pod"]: (t["labels"]["job"], t["scrapeUrl"]) for t in targets} or None
 
+        # Each pod scraped on its ops port, under the job of its service's name.
         assert eventually(active, timeout=20, interval=0.2) == {
-            "user-service-a": ("users", "http://10.1.0.1:4007/metrics"),
-            "notification-service-a": ("notifications", "http://10.1.0.2:4004/metrics"),
-            "api-gateway-a": ("gateway", "http://10.1.0.3:9000/metrics"),
+            f"{name}-a": (name, f"http://{ip}:{services()[name].ops_port}/metrics") for name, ip in running.items()
         }
     finally:
         started.close()

@@ -13,8 +13,12 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import unique_email
-from tests.support import ROOT, eventually, free_port, http_status, http_text, request_json, start_service
+from tests.helpers.accounts import unique_email
+from tests.helpers.http import http_status, http_text, request_json
+from tests.helpers.paths import ROOT
+from tests.helpers.polling import eventually
+from tests.helpers.ports import free_port
+from tests.helpers.processes import start_service
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "correct horse battery staple"
@@ -27,7 +31,7 @@ def outbox(notifications, email: str) -> list[dict]:
 
 
 def test_sigterm_drains_finishes_in_flight_request_then_exits_zero(service_env, tmp_path):
-    users = start_service("users", {**service_env, "SHUTDOWN_DRAIN_SECONDS": "1.5"}, tmp_path)
+    users = start_service("user-service", {**service_env, "SHUTDOWN_DRAIN_SECONDS": "1.5"}, tmp_path)
     email = unique_email("slow")
     body = json.dumps({"email": email, "password": PASSWORD, "name": "Slow Upload"}).encode()
     # A request in flight: headers and half the body sent, the rest withheld until after SIGTERM.
@@ -73,8 +77,8 @@ def _read_response(conn: socket.socket) -> bytes:
 
 
 def test_email_consumer_survives_kill_9_without_loss_or_duplicates(service_env, tmp_path):
-    users = start_service("users", service_env, tmp_path)
-    notifications = start_service("notifications", service_env, tmp_path)
+    users = start_service("user-service", service_env, tmp_path)
+    notifications = start_service("notification-service", service_env, tmp_path)
     emails = [unique_email("crash") for _ in range(12)]
     try:
         for i, email in enumerate(emails):
@@ -83,7 +87,7 @@ def test_email_consumer_survives_kill_9_without_loss_or_duplicates(service_env, 
             assert status == 202
             if i == 5:
                 notifications.stop(signal.SIGKILL)  # dies mid-stream, no clean shutdown
-        notifications = start_service("notifications", service_env, tmp_path)
+        notifications = start_service("notification-service", service_env, tmp_path)
         for email in emails:
             eventually(lambda email=email: outbox(notifications, email), timeout=20, what=f"email to {email}")
         for email in emails:
@@ -94,8 +98,8 @@ def test_email_consumer_survives_kill_9_without_loss_or_duplicates(service_env, 
 
 
 def test_tokens_and_passwords_never_reach_logs_or_metrics(service_env, tmp_path):
-    users = start_service("users", service_env, tmp_path)
-    notifications = start_service("notifications", service_env, tmp_path)
+    users = start_service("user-service", service_env, tmp_path)
+    notifications = start_service("notification-service", service_env, tmp_path)
     try:
         email = unique_email("secret")
         request_json("POST", f"{users.url}/v1/auth/register", {"email": email, "password": PASSWORD, "name": "S"})
@@ -121,7 +125,7 @@ def _series(metrics: str, name: str) -> set[str]:
 
 
 def test_metrics_use_route_templates_so_cardinality_stays_bounded(service_env, tmp_path):
-    users = start_service("users", service_env, tmp_path)
+    users = start_service("user-service", service_env, tmp_path)
     try:
         http_status(f"{users.url}/v1/no-such-thing/warm-up")
         before = _series(http_text(users.ops_url + "/metrics"), "requests_total")
@@ -133,10 +137,10 @@ def test_metrics_use_route_templates_so_cardinality_stays_bounded(service_env, t
         after = _series(metrics, "requests_total")
         assert len(after - before) <= 2, after - before  # only /v1/users/me's 401 is new
         assert 'route="<unmatched>"' in metrics and "no-such-thing" not in metrics
-        assert re.search(r'requests_total\{method="GET",route="/v1/users/me",service="users",status="401"\} 1\.0', metrics)
+        assert re.search(r'requests_total\{method="GET",route="/v1/users/me",service="user-service",status="401"\} 1\.0', metrics)
         assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/users/me"' in metrics
-        assert 'db_pool_connections{service="users",state="idle"}' in metrics
-        assert 'redis_pool_connections{service="users",state="in_use"}' in metrics
+        assert 'db_pool_connections{service="user-service",state="idle"}' in metrics
+        assert 'redis_pool_connections{service="user-service",state="in_use"}' in metrics
     finally:
         users.stop()
 
@@ -151,7 +155,7 @@ def test_reload_serves_both_ports_and_restarts_on_a_source_change(service_env, t
     env = {**os.environ, **service_env, "PORT": str(port), "OPS_PORT": str(ops_port), "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "reload.log", "wb") as log:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "prognetwork", "serve", "notifications", "--reload", "--reload-dir", str(watched)],
+            [sys.executable, "-m", "prognetwork", "serve", "notification-service", "--reload", "--reload-dir", str(watched)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
     watcher = psutil.Process(supervisor.pid)

@@ -9,20 +9,19 @@ import uuid
 import aiohttp
 import pytest
 
-from tests.integration.test_streaming_support import (
-    append_events,
-    bearer,
-    mint,
-    open_stream,
-)
-from tests.support import eventually_async, free_port, start_service
+from tests.helpers.events import append_events
+from tests.helpers.polling import eventually_async
+from tests.helpers.ports import free_port
+from tests.helpers.processes import issuer_env, start_service
+from tests.helpers.sse import open_stream
+from tests.helpers.tokens import bearer, mint
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def streaming_env(service_env, users) -> dict[str, str]:
-    return {**service_env, "USERS_URL": users.url, "SHUTDOWN_DRAIN_SECONDS": "0", "STREAM_POLL_SECONDS": "1"}
+    return {**service_env, **issuer_env(users.url), "SHUTDOWN_DRAIN_SECONDS": "0", "STREAM_POLL_SECONDS": "1"}
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def replicas(streaming_env, tmp_path):
     started = []
 
     def start(port: int | None = None):
-        process = start_service("streaming", streaming_env, tmp_path, port=port)
+        process = start_service("event-streaming", streaming_env, tmp_path, port=port)
         started.append(process)
         return process
 
@@ -94,7 +93,7 @@ async def test_two_replicas_both_deliver_every_event(replicas, http, sessions, s
 
 async def test_the_first_event_arrives_through_the_gateway(service_env, users, replicas, http, signing_key, tmp_path):
     streaming = replicas()
-    gateway = start_service("gateway", {**service_env, "USERS_URL": users.url, "STREAMING_URL": streaming.url},
+    gateway = start_service("api-gateway", {**service_env, **issuer_env(users.url), "EVENT_STREAMING_URL": streaming.url},
                             tmp_path)
     try:
         user = uuid.uuid4()
@@ -102,7 +101,7 @@ async def test_the_first_event_arrives_through_the_gateway(service_env, users, r
         response = await http.get(f"{gateway.url}/api/v1/events/stream", headers=bearer(token),
                                   timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
         assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-        from tests.integration.test_streaming_support import SseStream
+        from tests.helpers.sse import SseStream
 
         stream = SseStream(response)
         stream.start_reading()

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import unique_email
-from tests.support import eventually, request_json, start_service
+from tests.helpers.accounts import unique_email
+from tests.helpers.http import request_json
+from tests.helpers.polling import eventually
+from tests.helpers.processes import issuer_env, start_service
 
 pytestmark = pytest.mark.e2e
 
@@ -70,9 +72,9 @@ def receiver():
 
 def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tmp_path, receiver):
     env = {**service_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    users = start_service("users", env, tmp_path)
-    notifications = start_service("notifications", env, tmp_path)
-    gateway = start_service("gateway", {**env, "USERS_URL": users.url, "NOTIFICATIONS_URL": notifications.url},
+    users = start_service("user-service", env, tmp_path)
+    notifications = start_service("notification-service", env, tmp_path)
+    gateway = start_service("api-gateway", {**env, **issuer_env(users.url), "NOTIFICATION_SERVICE_URL": notifications.url},
                             tmp_path)
     try:
         email = unique_email("traced")
@@ -85,12 +87,12 @@ def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tm
                 services = {s["service"] for s in spans}
                 has_sql = any(s["attributes"].get("db.system") == "postgresql" or
                               s["attributes"].get("db.system.name") == "postgresql" for s in spans
-                              if s["service"] == "users")
+                              if s["service"] == "user-service")
                 ids = {s["span_id"] for s in spans}
                 # The consumer's parent (the user service's span) may be exported a moment later.
                 has_consumer = any(s["name"] == "handle user.email_verification_requested" and s["parent"] in ids
-                                   for s in spans if s["service"] == "notifications")
-                if {"gateway", "users", "notifications"} <= services and has_sql and has_consumer:
+                                   for s in spans if s["service"] == "notification-service")
+                if {"api-gateway", "user-service", "notification-service"} <= services and has_sql and has_consumer:
                     return spans
             return None
 
@@ -98,7 +100,7 @@ def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tm
         by_id = {s["span_id"]: s for s in spans}
         consumer = next(s for s in spans if s["name"] == "handle user.email_verification_requested")
         # The consumer's span hangs under the user service's request, through the event log.
-        assert by_id[consumer["parent"]]["service"] == "users"
+        assert by_id[consumer["parent"]]["service"] == "user-service"
         # Logs carry the same trace id, so a log line leads to its trace.
         trace_id = spans[0]["trace_id"]
         assert any(json.loads(line).get("trace_id") == trace_id

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from prognetwork.kit.events import Consumer, append
-from tests.support import eventually_async
+from tests.helpers.polling import eventually_async
 
 
 async def count(conn, event_type: str) -> int:

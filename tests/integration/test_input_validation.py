@@ -18,10 +18,12 @@ from sqlalchemy import text
 
 from prognetwork.kit import db as kit_db
 from prognetwork.kit import problems
-from prognetwork.kit.settings import Settings
 from prognetwork.streaming.app import create_app as create_streaming
-from tests.integration.test_streaming_support import ThreadServer, jwks_app
-from tests.support import bearer, eventually, http_status, mint
+from prognetwork.streaming.settings import StreamingSettings
+from tests.helpers.http import http_status
+from tests.helpers.polling import eventually
+from tests.helpers.threads import ThreadServer
+from tests.helpers.tokens import bearer, jwks_app, mint
 
 JSON = {"content-type": "application/json"}
 INT64_MAX = 2**63 - 1
@@ -121,8 +123,9 @@ def jwks_server(signing_key):
 
 @pytest.fixture(scope="module")
 def streaming(database_url, redis_url, jwks_server, tmp_path_factory):
-    settings = Settings(
-        PROG_ENV="development", DATABASE_URL=database_url, REDIS_URL=redis_url, USERS_URL=jwks_server.url,
+    settings = StreamingSettings(
+        PROG_ENV="development", DATABASE_URL=database_url, REDIS_URL=redis_url,
+        JWKS_URL=jwks_server.url + "/.well-known/jwks.json",
         PROG_STATE_DIR=str(tmp_path_factory.mktemp("streaming")),
     )
     server = ThreadServer(create_streaming(settings))

@@ -9,7 +9,8 @@ import pytest
 from alembic import command
 
 from prognetwork.kit import migrations
-from tests.conftest import create_database, drop_database, in_thread, with_database
+from tests.helpers.databases import create_database, drop_database, with_database
+from tests.helpers.threads import in_thread
 
 
 @pytest.fixture

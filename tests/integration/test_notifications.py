@@ -16,9 +16,9 @@ from prognetwork.kit import db as kit_db
 from prognetwork.notifications import service
 from prognetwork.notifications.email import SendGridProvider
 from prognetwork.notifications.models import EmailMessage
-from tests.accounts import PASSWORD, assert_problem, register, verified_user
-from tests.conftest import unique_email
-from tests.support import eventually_async
+from tests.helpers.accounts import PASSWORD, register, unique_email, verified_user
+from tests.helpers.polling import eventually_async
+from tests.helpers.problems import assert_problem
 
 
 async def outbox_for(client, email: str) -> list[dict]:
@@ -181,11 +181,11 @@ async def make_due(sessions, message_id) -> None:
         message.next_attempt_at = datetime.now(UTC)
 
 
-async def test_sendgrid_provider_sends_through_the_sdk(settings, secrets_dir, sendgrid, staged_message):
+async def test_sendgrid_provider_sends_through_the_sdk(notification_settings, secrets_dir, sendgrid, staged_message):
     sessions, message_id, recipient = staged_message
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
-    provider = SendGridProvider(settings.secrets, sendgrid.url)
-    await service.deliver_due(sessions, provider, settings)
+    provider = SendGridProvider(notification_settings.secrets, sendgrid.url)
+    await service.deliver_due(sessions, provider, notification_settings)
     message = await load(sessions, message_id)
     assert message.status == "sent" and message.provider == "sendgrid" and message.provider_message_id == f"sg-{message_id}"
     (request,) = [r for r in sendgrid.requests if r["body"]["personalizations"][0]["to"][0]["email"] == recipient]
@@ -195,36 +195,36 @@ async def test_sendgrid_provider_sends_through_the_sdk(settings, secrets_dir, se
     assert request["body"]["custom_args"] == {"message_id": str(message_id)}
 
 
-async def test_transient_failure_is_retried_with_backoff(settings, secrets_dir, sendgrid, staged_message):
+async def test_transient_failure_is_retried_with_backoff(notification_settings, secrets_dir, sendgrid, staged_message):
     sessions, message_id, recipient = staged_message
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
-    provider = SendGridProvider(settings.secrets, sendgrid.url)
+    provider = SendGridProvider(notification_settings.secrets, sendgrid.url)
     sendgrid.answers[recipient] = [503]
-    await service.deliver_due(sessions, provider, settings)
+    await service.deliver_due(sessions, provider, notification_settings)
     failed_once = await load(sessions, message_id)
     assert failed_once.status == "pending" and failed_once.attempts == 1
     assert "503" in failed_once.last_error
     assert failed_once.next_attempt_at > datetime.now(UTC)  # backed off, not retried at once
-    await service.deliver_due(sessions, provider, settings)
+    await service.deliver_due(sessions, provider, notification_settings)
     assert (await load(sessions, message_id)).attempts == 1  # not due yet
     await make_due(sessions, message_id)
-    await service.deliver_due(sessions, provider, settings)
+    await service.deliver_due(sessions, provider, notification_settings)
     sent = await load(sessions, message_id)
     assert sent.status == "sent" and sent.attempts == 2
 
 
-async def test_permanent_failure_is_not_retried(settings, secrets_dir, sendgrid, staged_message):
+async def test_permanent_failure_is_not_retried(notification_settings, secrets_dir, sendgrid, staged_message):
     sessions, message_id, recipient = staged_message
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
     sendgrid.answers[recipient] = [400]
-    await service.deliver_due(sessions, SendGridProvider(settings.secrets, sendgrid.url), settings)
+    await service.deliver_due(sessions, SendGridProvider(notification_settings.secrets, sendgrid.url), notification_settings)
     message = await load(sessions, message_id)
     assert message.status == "failed" and message.attempts == 1
 
 
 async def test_gives_up_after_max_attempts(make_settings, secrets_dir, sendgrid, staged_message):
     sessions, message_id, recipient = staged_message
-    settings = make_settings(EMAIL_MAX_ATTEMPTS="2")
+    settings = make_settings("notification-service", EMAIL_MAX_ATTEMPTS="2")
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
     provider = SendGridProvider(settings.secrets, sendgrid.url)
     sendgrid.answers[recipient] = [500, 500]
@@ -235,12 +235,12 @@ async def test_gives_up_after_max_attempts(make_settings, secrets_dir, sendgrid,
     assert message.status == "failed" and message.attempts == 2
 
 
-async def test_unreachable_sendgrid_is_transient(settings, secrets_dir, staged_message):
+async def test_unreachable_sendgrid_is_transient(notification_settings, secrets_dir, staged_message):
     sessions, message_id, _ = staged_message
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
-    from tests.support import free_port
+    from tests.helpers.ports import free_port
 
-    await service.deliver_due(sessions, SendGridProvider(settings.secrets, f"http://127.0.0.1:{free_port()}"), settings)
+    await service.deliver_due(sessions, SendGridProvider(notification_settings.secrets, f"http://127.0.0.1:{free_port()}"), notification_settings)
     message = await load(sessions, message_id)
     assert message.status == "pending" and message.attempts == 1 and "unreachable" in message.last_error
 
@@ -249,8 +249,8 @@ async def test_dev_outbox_does_not_exist_outside_development(serve_app, make_set
     from prognetwork.notifications.app import create_app
 
     (secrets_dir / "SENDGRID_API_KEY").write_text("SG.fake-key-for-the-local-fake")
-    settings = make_settings(PROG_ENV="staging", SENDGRID_HOST=sendgrid.url)
+    settings = make_settings("notification-service", PROG_ENV="staging", SENDGRID_HOST=sendgrid.url)
     app = create_app(settings)
-    assert app.state.email_provider.name == "sendgrid"
     client = await serve_app(app)
+    assert app.state.runtime.provider.name == "sendgrid"
     assert_problem(await client.get("/v1/dev/outbox", params={"to": "a@example.com"}), 404)

@@ -9,8 +9,15 @@ import asyncpg
 import pytest
 
 from prognetwork.kit import migrations
-from tests.conftest import create_database, drop_database, in_thread, with_database
-from tests.support import DisposablePostgres, DisposableRedis, eventually_async
+from tests.helpers.databases import (
+    DisposablePostgres,
+    DisposableRedis,
+    create_database,
+    drop_database,
+    with_database,
+)
+from tests.helpers.polling import eventually_async
+from tests.helpers.threads import in_thread
 
 
 @pytest.fixture
@@ -33,7 +40,7 @@ async def test_readiness_flips_with_postgres_and_redis(serve_app, make_settings,
     from prognetwork.users.app import create_app
 
     pg, redis = own_servers
-    client = await serve_app(create_app(make_settings(DATABASE_URL=pg.url("prog"), REDIS_URL=redis.url)))
+    client = await serve_app(create_app(make_settings("user-service", DATABASE_URL=pg.url("prog"), REDIS_URL=redis.url)))
 
     async def status_is(code: int):
         status, body = await readiness(client)
@@ -76,7 +83,7 @@ async def test_readiness_fails_until_migrations_are_applied(serve_app, make_sett
         conn = await asyncpg.connect(url)
         await conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
         await conn.close()
-        client = await serve_app(create_app(make_settings(DATABASE_URL=url)))
+        client = await serve_app(create_app(make_settings("notification-service", DATABASE_URL=url)))
 
         async def schema_behind():
             status, body = await readiness(client)

@@ -8,17 +8,13 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from prognetwork.kit.settings import Settings
 from prognetwork.streaming.app import create_app
-from tests.integration.test_streaming_support import (
-    ThreadServer,
-    append_events,
-    bearer,
-    jwks_app,
-    mint,
-    open_stream,
-)
-from tests.support import eventually_async
+from prognetwork.streaming.settings import StreamingSettings
+from tests.helpers.events import append_events
+from tests.helpers.polling import eventually_async
+from tests.helpers.sse import open_stream
+from tests.helpers.threads import ThreadServer
+from tests.helpers.tokens import bearer, jwks_app, mint
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +25,14 @@ def jwks_server(signing_key):
 
 
 def start_streaming(database_url: str, redis_url: str, jwks_url: str, tmp, **overrides: str) -> ThreadServer:
-    settings = Settings(**{
-        "PROG_ENV": "development", "DATABASE_URL": database_url, "REDIS_URL": redis_url, "USERS_URL": jwks_url,
+    settings = StreamingSettings(**{
+        "PROG_ENV": "development", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "JWKS_URL": jwks_url + "/.well-known/jwks.json",
         "PROG_STATE_DIR": str(tmp), "STREAM_POLL_SECONDS": "1", **overrides,
     })
     server = ThreadServer(create_app(settings))
-    from tests.support import eventually, http_status
+    from tests.helpers.http import http_status
+    from tests.helpers.polling import eventually
 
     eventually(lambda: http_status(server.url + "/readiness") == 200, timeout=20, what="streaming ready")
     return server
@@ -100,6 +98,33 @@ async def test_a_signed_out_session_is_refused(streaming, http, signing_key, red
         async with http.get(f"{streaming.url}{path}", headers=bearer(token)) as response:
             problem = await response.json()
             assert response.status == 401 and "signed out" in problem["detail"], problem
+
+
+async def test_an_open_stream_ends_when_its_session_is_signed_out(tight, http, signing_key, redis_url):
+    from redis.asyncio import Redis
+
+    from prognetwork.kit.revocation import Revocations
+
+    sid = uuid.uuid4().hex
+    stream = await open_stream(http, tight.url, mint(signing_key, uuid.uuid4(), sid=sid))
+    try:
+        await stream.wait_for(lambda s: s.comments.count("keep-alive") >= 1, what="a heartbeat")
+        redis = Redis.from_url(redis_url)
+        try:
+            await Revocations(redis).revoke([sid], 60)
+        finally:
+            await redis.aclose()
+        await stream.wait_for(lambda s: s.ended and s.messages[-1].event == "signed-out", what="the stream to end")
+    finally:
+        await stream.close()
+
+
+async def test_an_open_stream_ends_when_its_token_expires(tight, http, signing_key):
+    stream = await open_stream(http, tight.url, mint(signing_key, uuid.uuid4(), lifetime=1))
+    try:
+        await stream.wait_for(lambda s: s.ended and s.messages[-1].event == "token-expired", what="the stream to end")
+    finally:
+        await stream.close()
 
 
 async def test_each_viewer_sees_exactly_what_it_may(streaming, http, sessions, signing_key):

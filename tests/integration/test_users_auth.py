@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prognetwork.users.keys import generate_pem, load_key
 from prognetwork.users.service import VERIFY_PURPOSE
 from prognetwork.users.sessions import digest
-from tests.accounts import PASSWORD, assert_problem, login, register, verification_token, verified_user
-from tests.conftest import unique_email
+from tests.helpers.accounts import PASSWORD, login, register, unique_email, verification_token, verified_user
+from tests.helpers.problems import assert_problem
 
 
 async def test_register_creates_unverified_account_and_events(users, db):
@@ -81,15 +81,15 @@ async def test_verification_token_works_once(users, db):
     assert verified_events == 1
 
 
-async def test_one_time_token_is_stored_hashed_with_ttl(users, db, settings):
+async def test_one_time_token_is_stored_hashed_with_ttl(users, db, users_settings):
     from redis.asyncio import Redis
 
     email, _ = await register(users)
     token = await verification_token(db, email)
-    client = Redis.from_url(settings.redis_dsn)
+    client = Redis.from_url(users_settings.redis_dsn)
     try:
         key = f"auth:{VERIFY_PURPOSE}:{digest(token)}"
-        assert 0 < await client.ttl(key) <= settings.email_token_ttl_seconds
+        assert 0 < await client.ttl(key) <= users_settings.email_token_ttl_seconds
         assert not [k async for k in client.scan_iter(match=f"*{token}*")]
     finally:
         await client.aclose()
@@ -107,21 +107,21 @@ async def test_wrong_password_and_unknown_email_answer_alike(users, db):
     assert {k: v for k, v in wrong.items() if k != "instance"} == {k: v for k, v in unknown.items() if k != "instance"}
 
 
-async def test_account_throttled_after_repeated_failures_even_with_right_password(users, db, settings):
+async def test_account_throttled_after_repeated_failures_even_with_right_password(users, db, users_settings):
     email = await verified_user(users, db)
-    for _ in range(settings.login_failures_per_account):
+    for _ in range(users_settings.login_failures_per_account):
         assert (await login(users, email, "wrong password!")).status_code == 401
     throttled = await login(users, email)
     assert_problem(throttled, 429, "too-many-attempts")
-    assert 0 < int(throttled.headers["retry-after"]) <= settings.login_failure_window_seconds
+    assert 0 < int(throttled.headers["retry-after"]) <= users_settings.login_failure_window_seconds
 
 
-async def test_successful_login_resets_failure_count(users, db, settings):
+async def test_successful_login_resets_failure_count(users, db, users_settings):
     email = await verified_user(users, db)
-    for _ in range(settings.login_failures_per_account - 1):
+    for _ in range(users_settings.login_failures_per_account - 1):
         assert (await login(users, email, "wrong password!")).status_code == 401
     assert (await login(users, email)).status_code == 200
-    for _ in range(settings.login_failures_per_account - 1):
+    for _ in range(users_settings.login_failures_per_account - 1):
         assert (await login(users, email, "wrong password!")).status_code == 401
     assert (await login(users, email)).status_code == 200
 
@@ -129,7 +129,7 @@ async def test_successful_login_resets_failure_count(users, db, settings):
 async def test_client_address_throttled(serve_app, make_settings, db):
     from prognetwork.users.app import create_app
 
-    settings = make_settings(LOGIN_ATTEMPTS_PER_ADDRESS="3")
+    settings = make_settings("user-service", LOGIN_ATTEMPTS_PER_ADDRESS="3")
     client = await serve_app(create_app(settings), client_addr=(f"10.9.{uuid.uuid4().int % 250}.7", 4000))
     for _ in range(3):
         assert (await login(client, unique_email("scan"))).status_code == 401
@@ -175,9 +175,9 @@ def b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def claims(settings, **overrides) -> dict:
+def claims(users_settings, **overrides) -> dict:
     now = int(time.time())
-    return {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": str(uuid.uuid4()),
+    return {"iss": users_settings.jwt_issuer, "aud": users_settings.jwt_audience, "sub": str(uuid.uuid4()),
             "iat": now, "nbf": now, "exp": now + 300, "jti": uuid.uuid4().hex, **overrides}
 
 
@@ -185,7 +185,7 @@ async def me_with(users, token: str):
     return await users.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
 
 
-async def test_access_token_failures(users, db, settings, signing_key):
+async def test_access_token_failures(users, db, users_settings, signing_key):
     good = await tokens_for(users, db)
     key = load_key(signing_key)
     header = jwt.get_unverified_header(good["access_token"])
@@ -195,16 +195,16 @@ async def test_access_token_failures(users, db, settings, signing_key):
         return jwt.encode(body, private, algorithm="EdDSA", headers={"kid": kid})
 
     cases = {
-        "expired": signed(claims(settings, exp=int(time.time()) - 60, iat=int(time.time()) - 1000,
+        "expired": signed(claims(users_settings, exp=int(time.time()) - 60, iat=int(time.time()) - 1000,
                                  nbf=int(time.time()) - 1000)),
-        "wrong audience": signed(claims(settings, aud="someone-else")),
-        "wrong issuer": signed(claims(settings, iss="https://evil.example")),
-        "not yet valid": signed(claims(settings, nbf=int(time.time()) + 600)),
-        "missing exp": signed({k: v for k, v in claims(settings).items() if k != "exp"}),
-        "forged (other key, same kid)": signed(claims(settings), private=Ed25519PrivateKey.generate()),
-        "unknown kid": signed(claims(settings), kid="unknown"),
-        "alg none": f"{b64({'alg': 'none', 'kid': key.kid})}.{b64(claims(settings))}.",
-        "HS256 with the public key as secret": _hs256_confusion(claims(settings), key),
+        "wrong audience": signed(claims(users_settings, aud="someone-else")),
+        "wrong issuer": signed(claims(users_settings, iss="https://evil.example")),
+        "not yet valid": signed(claims(users_settings, nbf=int(time.time()) + 600)),
+        "missing exp": signed({k: v for k, v in claims(users_settings).items() if k != "exp"}),
+        "forged (other key, same kid)": signed(claims(users_settings), private=Ed25519PrivateKey.generate()),
+        "unknown kid": signed(claims(users_settings), kid="unknown"),
+        "alg none": f"{b64({'alg': 'none', 'kid': key.kid})}.{b64(claims(users_settings))}.",
+        "HS256 with the public key as secret": _hs256_confusion(claims(users_settings), key),
         "tampered payload": _tamper(good["access_token"]),
         "garbage": "not-a-jwt",
     }
@@ -286,9 +286,9 @@ async def test_bad_input_is_a_problem_and_changes_nothing(users, db, path, body,
     assert after == before
 
 
-async def test_oversized_body_rejected_declared_or_streamed(users, db, settings):
+async def test_oversized_body_rejected_declared_or_streamed(users, db, users_settings):
     before = await db.fetchval("SELECT count(*) FROM users")
-    big = b'{"email": "big@example.com", "password": "long enough pw", "name": "' + b"x" * settings.max_body_bytes + b'"}'
+    big = b'{"email": "big@example.com", "password": "long enough pw", "name": "' + b"x" * users_settings.max_body_bytes + b'"}'
     assert_problem(await users.post("/v1/auth/register", content=big, headers={"content-type": "application/json"}),
                    413, "body-too-large")
 

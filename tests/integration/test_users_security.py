@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import KEY_PREFIX, Revocations
-from tests.accounts import PASSWORD, assert_problem, login, register, verification_token, verified_user
-from tests.conftest import unique_email
+from tests.helpers.accounts import PASSWORD, login, register, unique_email, verification_token, verified_user
+from tests.helpers.problems import assert_problem
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -82,32 +82,32 @@ async def test_password_reset_ends_every_session(users, db):
     assert_problem(again, 400, "invalid-reset-link")
 
 
-async def test_disabling_an_account_ends_its_sessions_and_refuses_login(users, db, settings):
+async def test_disabling_an_account_ends_its_sessions_and_refuses_login(users, db, users_settings):
     from prognetwork.users.admin import set_disabled
 
     email, tokens = await signed_in(users, db)
-    await set_disabled(settings, email, True)
+    await set_disabled(users_settings, email, True)
     await assert_signed_out(users, tokens)
     assert_problem(await login(users, email), 403, "account-disabled")
-    await set_disabled(settings, email, False)
+    await set_disabled(users_settings, email, False)
     assert (await login(users, email)).status_code == 200
     types = [r["type"] for r in await db.fetch(
         "SELECT e.type FROM events e JOIN users u ON u.id = e.user_id WHERE u.email = $1 ORDER BY seq", email)]
     assert types[-3:] == ["user.disabled", "user.enabled", "user.logged_in"]
 
 
-async def test_revocation_lasts_one_access_token_lifetime(users, db, settings):
+async def test_revocation_lasts_one_access_token_lifetime(users, db, users_settings):
     _, tokens = await signed_in(users, db)
     await users.post("/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]})
     import jwt
 
     sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
-    redis = Redis.from_url(settings.redis_dsn)
+    redis = Redis.from_url(users_settings.redis_dsn)
     try:
         ttl = await redis.ttl(KEY_PREFIX + sid)
     finally:
         await redis.aclose()
-    assert settings.access_token_ttl_seconds < ttl <= settings.access_token_ttl_seconds + 10
+    assert users_settings.access_token_ttl_seconds < ttl <= users_settings.access_token_ttl_seconds + 10
 
 
 async def test_unreachable_revocation_set_serves_reads_and_refuses_writes(free_tcp_port):
@@ -129,26 +129,26 @@ async def test_unreachable_revocation_set_serves_reads_and_refuses_writes(free_t
 
 @pytest.fixture
 def free_tcp_port() -> int:
-    from tests.support import free_port
+    from tests.helpers.ports import free_port
 
     return free_port()
 
 
 # -- lockouts ------------------------------------------------------------------------------------
 
-async def test_concurrent_guesses_never_exceed_the_limit(users, db, settings):
+async def test_concurrent_guesses_never_exceed_the_limit(users, db, users_settings):
     email = await verified_user(users, db)
     guesses = await asyncio.gather(*(login(users, email, f"guess number {i}") for i in range(20)))
     statuses = sorted(r.status_code for r in guesses)
     # Exactly the limit was checked against the password; every other guess was refused unchecked.
-    assert statuses.count(401) == settings.login_failures_per_account
-    assert statuses.count(429) == 20 - settings.login_failures_per_account
+    assert statuses.count(401) == users_settings.login_failures_per_account
+    assert statuses.count(429) == 20 - users_settings.login_failures_per_account
 
 
 async def test_a_strangers_failures_do_not_lock_the_owner_out(serve_app, make_settings, db):
     from prognetwork.users.app import create_app
 
-    settings = make_settings()
+    settings = make_settings("user-service")
     owner = await serve_app(create_app(settings), client_addr=("10.1.1.1", 1000))
     stranger = await serve_app(create_app(settings), client_addr=("10.66.6.6", 1000))
     email = await verified_user(owner, db)
@@ -161,7 +161,7 @@ async def test_a_strangers_failures_do_not_lock_the_owner_out(serve_app, make_se
 async def test_account_wide_lockout_lets_a_known_device_and_a_reset_through(serve_app, make_settings, db):
     from prognetwork.users.app import create_app
 
-    settings = make_settings(LOGIN_FAILURES_PER_ACCOUNT="2", LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES="4")
+    settings = make_settings("user-service", LOGIN_FAILURES_PER_ACCOUNT="2", LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES="4")
     owner = await serve_app(create_app(settings), client_addr=("10.2.0.1", 1000))
     email = await verified_user(owner, db)
     first = await login(owner, email)
@@ -220,7 +220,7 @@ async def test_unverified_registrations_expire(serve_app, make_settings, db):
     from prognetwork.users.admin import open_accounts
     from prognetwork.users.app import create_app
 
-    settings = make_settings(UNVERIFIED_ACCOUNT_TTL_SECONDS="3600")
+    settings = make_settings("user-service", UNVERIFIED_ACCOUNT_TTL_SECONDS="3600")
     email = unique_email("stale")
     kept = unique_email("recent")
     users = await serve_app(create_app(settings))
@@ -273,7 +273,7 @@ def run_prog(service_env: dict[str, str], *args: str):
 
 
 async def test_prog_users_disable_and_enable(users, db, service_env):
-    from tests.conftest import in_thread
+    from tests.helpers.threads import in_thread
 
     email, tokens = await signed_in(users, db)
     disabled = in_thread(run_prog, service_env, "users", "disable", email.upper())
@@ -286,3 +286,72 @@ async def test_prog_users_disable_and_enable(users, db, service_env):
     unknown = in_thread(run_prog, service_env, "users", "disable", "nobody-here@example.com")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().count("\n") == 0 and "nobody-here@example.com" in unknown.stderr
+
+
+# -- what a review found -------------------------------------------------------------------------
+
+async def test_refreshing_keeps_the_session_index_alive_so_a_reset_still_finds_it(users, db, users_settings):
+    import jwt
+
+    email, tokens = await signed_in(users, db)
+    user_id = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sub"]
+    redis = Redis.from_url(users_settings.redis_dsn)
+    try:
+        index = f"auth:user-families:{user_id}"
+        await redis.pexpire(index, 5000)  # as if the login were almost a refresh-token lifetime ago
+        refreshed = (await users.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).json()
+        assert await redis.pttl(index) > 5000
+    finally:
+        await redis.aclose()
+    await users.post("/v1/auth/password-reset", json={"email": email})
+    await users.post("/v1/auth/password-reset/confirm", json={"token": await reset_token(db, email),
+                                                              "password": NEW_PASSWORD})
+    await assert_signed_out(users, refreshed)
+
+
+async def test_a_reset_forgets_every_known_device(serve_app, make_settings, db):
+    from prognetwork.users.app import create_app
+
+    settings = make_settings("user-service", LOGIN_FAILURES_PER_ACCOUNT="2", LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES="2")
+    owner = await serve_app(create_app(settings), client_addr=("10.5.0.1", 1000))
+    email = await verified_user(owner, db)
+    device = (await login(owner, email)).json()["device_token"]
+    await owner.post("/v1/auth/password-reset", json={"email": email})
+    await owner.post("/v1/auth/password-reset/confirm", json={"token": await reset_token(db, email),
+                                                              "password": NEW_PASSWORD})
+    for n in range(2):  # reach the account-wide limit for unknown devices from two addresses
+        guesser = await serve_app(create_app(settings), client_addr=(f"10.6.0.{n}", 1000))
+        for _ in range(2):
+            await login(guesser, email, "not the password")
+    # The device known before the reset is just another unknown device now.
+    again = await owner.post("/v1/auth/login", json={"email": email, "password": NEW_PASSWORD, "device_token": device})
+    assert_problem(again, 429, "too-many-attempts")
+
+
+async def test_one_reset_link_used_twice_at_once_works_once(users, db):
+    email = await verified_user(users, db)
+    await users.post("/v1/auth/password-reset", json={"email": email})
+    token = await reset_token(db, email)
+    answers = await asyncio.gather(*(
+        users.post("/v1/auth/password-reset/confirm", json={"token": token, "password": NEW_PASSWORD + str(n)})
+        for n in range(2)
+    ))
+    assert sorted(a.status_code for a in answers) == [204, 400]
+
+
+async def test_a_link_whose_change_failed_stays_usable(users, db):
+    email, _ = await register(users)
+    token = await verification_token(db, email)
+    wrong = await users.post("/v1/auth/verify-email", json={"token": token, "password": "not the password"})
+    assert_problem(wrong, 400, "verification-password-mismatch")
+    assert (await users.post("/v1/auth/verify-email", json={"token": token, "password": PASSWORD})).status_code == 200
+
+
+async def test_account_emails_to_one_address_are_bounded(users, db, users_settings):
+    victim = unique_email("flooded")
+    answers = [(await register(users, victim, f"attacker password {n}"))[1] for n in range(7)]
+    assert {a.status_code for a in answers} == {202} and len({a.text for a in answers}) == 1
+    sent = await db.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'user.email_verification_requested' AND payload->>'email' = $1",
+        victim)
+    assert sent == users_settings.emails_per_address_per_hour

@@ -7,29 +7,29 @@ import random
 import pytest
 from yarl import URL
 
-from prognetwork.gateway.proxy import CompiledRoute, Proxy, normalise_path, upstream_url
+from prognetwork.gateway.proxy import CompiledRoute, compile_routes, match, normalise_path, upstream_url
+from prognetwork.gateway.settings import GatewaySettings, Route
 from prognetwork.kit.problems import Problem
-from prognetwork.kit.settings import Route, Settings
 
 # Upstreams with a host name, an IPv6 address, explicit and default ports and a base path, so
 # a URL that took any of its authority or base from the request could not pass for one of them.
 UPSTREAMS = {
-    "users": "http://users.internal:3007",
-    "streaming": "http://[::1]:8001/stream-base/",
-    "notifications": "https://notify.internal",
+    "user-service": "http://users.internal:3007",
+    "event-streaming": "http://[::1]:8001/stream-base/",
+    "notification-service": "https://notify.internal",
 }
 CANARY = "127.0.0.1:9999"
 
 
 @pytest.fixture(scope="module")
-def proxy() -> Proxy:
-    return Proxy(Settings(PROG_ENV="development", GATEWAY_UPSTREAMS=UPSTREAMS))
+def routes() -> list[CompiledRoute]:
+    return compile_routes(GatewaySettings(PROG_ENV="development", GATEWAY_UPSTREAMS=UPSTREAMS))
 
 
-def resolve(proxy: Proxy, raw: bytes, query: bytes = b"") -> tuple[CompiledRoute, URL] | None:
+def resolve(routes: list[CompiledRoute], raw: bytes, query: bytes = b"") -> tuple[CompiledRoute, URL] | None:
     """What the gateway does with a request line's path: route it (None: no route) or raise a Problem."""
     path = normalise_path(raw)
-    route = proxy.match(path)
+    route = match(routes, path)
     return None if route is None else (route, upstream_url(route, path, query))
 
 
@@ -98,9 +98,9 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("raw", REFUSED, ids=[r.decode("latin-1") or "empty" for r in REFUSED])
-def test_ambiguous_paths_are_refused_with_a_400_that_says_why(proxy, raw):
+def test_ambiguous_paths_are_refused_with_a_400_that_says_why(routes, raw):
     with pytest.raises(Problem) as refused:
-        resolve(proxy, raw)
+        resolve(routes, raw)
     assert refused.value.status == 400 and refused.value.kind == "invalid-path"
     assert REFUSED[raw].lower() in refused.value.detail.lower()
 
@@ -136,8 +136,8 @@ ACCEPTED = {
 
 
 @pytest.mark.parametrize("raw", ACCEPTED, ids=[r.decode() for r in ACCEPTED])
-def test_accepted_paths_reach_their_route_upstream_under_its_prefix(proxy, raw):
-    resolved = resolve(proxy, raw)
+def test_accepted_paths_reach_their_route_upstream_under_its_prefix(routes, raw):
+    resolved = resolve(routes, raw)
     expected = ACCEPTED[raw]
     if expected is None:
         assert resolved is None
@@ -153,9 +153,9 @@ def test_the_canonical_form_is_its_own_canonical_form():
         assert normalise_path(once.encode()) == once
 
 
-def test_the_query_is_forwarded_as_sent_and_cannot_move_the_authority(proxy):
+def test_the_query_is_forwarded_as_sent_and_cannot_move_the_authority(routes):
     query = b"next=//127.0.0.1:9999/x&to=@127.0.0.1:9999&p=%2F..%2F&h=http://127.0.0.1:9999/#frag"
-    route, url = resolve(proxy, b"/api/v1/auth/login", query)
+    route, url = resolve(routes, b"/api/v1/auth/login", query)
     assert_confined(route, url)
     assert url.raw_path == "/v1/auth/login" and url.raw_query_string == query.decode()
     assert url.raw_path_qs == "/v1/auth/login?" + query.decode()
@@ -169,7 +169,7 @@ HOSTILE_PIECES = [
 ]
 
 
-def test_random_hostile_paths_never_escape_their_route(proxy):
+def test_random_hostile_paths_never_escape_their_route(routes):
     """Whatever the pieces, the answer is a 400, no route, or a URL confined to the matched route."""
     rng = random.Random(20240917)
     outcomes = {"refused": 0, "unrouted": 0, "forwarded": 0}
@@ -180,7 +180,7 @@ def test_random_hostile_paths_never_escape_their_route(proxy):
         if rng.random() < 0.5:
             raw = b"/api/v1/" + raw.lstrip(b"/")
         try:
-            resolved = resolve(proxy, raw, b"q=@" + CANARY.encode())
+            resolved = resolve(routes, raw, b"q=@" + CANARY.encode())
         except Problem as problem:
             assert problem.status == 400 and problem.kind == "invalid-path", raw
             outcomes["refused"] += 1
@@ -198,14 +198,14 @@ def test_random_hostile_paths_never_escape_their_route(proxy):
 
 
 def test_a_strip_prefix_applies_only_at_a_segment_boundary():
-    routes = [Route(prefix="/apiary/v1", upstream="users", strip_prefix="/api"),
-              Route(prefix="/api", upstream="users", strip_prefix="/api/")]
-    proxy = Proxy(Settings(PROG_ENV="development", GATEWAY_UPSTREAMS=UPSTREAMS, GATEWAY_ROUTES=routes))
-    route, url = resolve(proxy, b"/apiary/v1/hives")
+    routes = [Route(prefix="/apiary/v1", upstream="user-service", strip_prefix="/api"),
+              Route(prefix="/api", upstream="user-service", strip_prefix="/api/")]
+    compiled = compile_routes(GatewaySettings(PROG_ENV="development", GATEWAY_UPSTREAMS=UPSTREAMS, GATEWAY_ROUTES=routes))
+    route, url = resolve(compiled, b"/apiary/v1/hives")
     assert url.raw_path == "/apiary/v1/hives"
-    route, url = resolve(proxy, b"/api")
+    route, url = resolve(compiled, b"/api")
     assert url.raw_path == "/" and route.upstream_prefix == "/"
-    route, url = resolve(proxy, b"/api/v1/x")
+    route, url = resolve(compiled, b"/api/v1/x")
     assert url.raw_path == "/v1/x"
 
 
@@ -221,8 +221,8 @@ def test_a_strip_prefix_applies_only_at_a_segment_boundary():
     ("http://users.internal:3007", "/%61pi/v1/users", "canonical form"),
 ])
 def test_configuration_that_could_break_the_invariant_stops_the_start(upstream, prefix, complaint):
-    settings = Settings(PROG_ENV="development", GATEWAY_UPSTREAMS={"users": upstream},
-                        GATEWAY_ROUTES=[Route(prefix=prefix, upstream="users")])
+    settings = GatewaySettings(PROG_ENV="development", GATEWAY_UPSTREAMS={"user-service": upstream},
+                        GATEWAY_ROUTES=[Route(prefix=prefix, upstream="user-service")])
     with pytest.raises(ValueError) as refused:
-        Proxy(settings)
+        compile_routes(settings)
     assert complaint.lower() in str(refused.value).lower()

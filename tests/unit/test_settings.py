@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from prognetwork.kit.settings import Settings
+from prognetwork.registry import service, services
 from prognetwork.users.keys import generate_pem
 
 CLEAN = {k: "" for k in ("DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY")}
@@ -34,25 +35,31 @@ def good_production(tmp_path) -> dict[str, str]:
         "REDIS_URL": "rediss://cache.internal:6379/0",
         "APP_URL": "https://app.prognetwork.com",
         "JWT_ISSUER": "https://api.prognetwork.com",
-        "STRIPE_PUBLISHABLE_KEY": "pk_live_51Hx8mQ2eZvKYlo2C",
         "SECRETS_BACKEND": "file",
         "SECRETS_DIR": str(secrets),
         "FORWARDED_ALLOW_IPS": "10.0.0.0/16",
     }
 
 
+def every_problem(**env: str) -> list[str]:
+    """What `prog config check` lists: every problem of every registered service, each once."""
+    found: dict[str, None] = {}
+    for spec in services().values():
+        found.update(dict.fromkeys(spec.settings(**env).problems(spec.needs, spec.secrets)))
+    return list(found)
+
+
 def test_development_needs_no_configuration():
     settings = Settings()
     assert settings.env == "development"
-    assert settings.problems() == []
+    assert every_problem() == []
     assert settings.database_dsn == "postgresql://localhost:5432/prog_dev"
     assert settings.redis_dsn == "redis://localhost:6379/0"
     assert settings.drain_seconds == 0
 
 
 def test_staging_with_nothing_set_lists_every_problem_at_once():
-    problems = Settings(PROG_ENV="staging").problems()
-    text = "\n".join(problems)
+    text = "\n".join(every_problem(PROG_ENV="staging"))
     for expected in ("DATABASE_URL is required", "REDIS_URL is required", "APP_URL must be an https://",
                      "JWT_ISSUER must be an https://", "secret JWT_SIGNING_KEYS is missing",
                      "secret SENDGRID_API_KEY is missing"):
@@ -61,7 +68,7 @@ def test_staging_with_nothing_set_lists_every_problem_at_once():
 
 
 def test_production_accepts_a_complete_configuration(tmp_path):
-    assert Settings(**good_production(tmp_path)).problems() == []
+    assert every_problem(**good_production(tmp_path)) == []
 
 
 @pytest.mark.parametrize(
@@ -78,7 +85,7 @@ def test_production_accepts_a_complete_configuration(tmp_path):
     ],
 )
 def test_production_refuses_unsafe_values(tmp_path, override, expected):
-    problems = Settings(**{**good_production(tmp_path), **override}).problems()
+    problems = every_problem(**{**good_production(tmp_path), **override})
     assert any(expected in p for p in problems), problems
 
 
@@ -94,7 +101,7 @@ def test_production_refuses_unsafe_values(tmp_path, override, expected):
     ],
 )
 def test_trusted_proxies_are_named_outside_development(tmp_path, value, expected):
-    problems = Settings(**{**good_production(tmp_path), "FORWARDED_ALLOW_IPS": value}).problems()
+    problems = every_problem(**{**good_production(tmp_path), "FORWARDED_ALLOW_IPS": value})
     assert [p for p in problems if "FORWARDED_ALLOW_IPS" in p] == [next(p for p in problems if expected in p)], problems
 
 
@@ -105,22 +112,25 @@ def test_trusted_proxies_accept_addresses_and_ranges(tmp_path):
     assert Settings(FORWARDED_ALLOW_IPS="*").problems() == []  # development trusts what it is told
 
 
-def test_stripe_live_key_required_where_billing_runs(tmp_path):
-    settings = Settings(**{**good_production(tmp_path), "STRIPE_PUBLISHABLE_KEY": "pk_test_51Hx8mQ2eZvKYlo2C"})
-    assert not any("STRIPE" in p for p in settings.problems(["users", "gateway"]))
-    assert any("must be a live key" in p for p in settings.problems(["billing"]))
+def test_a_services_own_settings_are_checked_for_that_service_only(tmp_path):
+    env = {**good_production(tmp_path), "APP_URL": "http://app.prognetwork.com"}
+    users = service("user-service")
+    assert any("APP_URL" in p for p in users.settings(**env).problems(users.needs, users.secrets))
+    gateway = service("api-gateway")
+    assert gateway.settings(**env).problems(gateway.needs, gateway.secrets) == []
 
 
 @pytest.mark.parametrize("value", ["SG.test_abcdefghijklmnop", "changeme", "placeholder-value-here-123", "short"])
 def test_placeholder_secrets_refused(tmp_path, value):
     env = good_production(tmp_path)
     (tmp_path / "secrets" / "SENDGRID_API_KEY").write_text(value)
-    problems = Settings(**env).problems()
+    problems = every_problem(**env)
     assert any("SENDGRID_API_KEY" in p for p in problems), problems
 
 
 def test_problems_can_be_limited_to_one_service():
-    problems = Settings(PROG_ENV="production").problems(["notifications"])
+    notifications = service("notification-service")
+    problems = notifications.settings(PROG_ENV="production").problems(notifications.needs, notifications.secrets)
     assert not any("REDIS_URL" in p or "JWT_SIGNING_KEYS" in p for p in problems)
     assert any("SENDGRID_API_KEY" in p for p in problems)
 
@@ -184,7 +194,7 @@ def test_invalid_value_is_one_clear_line():
 
 
 def test_serve_refuses_to_start_in_production_with_problems():
-    result = run_prog("serve", "users", "--port", "1", env={"PROG_ENV": "production", "SECRETS_DIR": "/nonexistent"})
+    result = run_prog("serve", "user-service", "--port", "1", env={"PROG_ENV": "production", "SECRETS_DIR": "/nonexistent"})
     assert result.returncode == 2
     assert "refusing to start (production)" in result.stderr and "DATABASE_URL is required" in result.stderr
 

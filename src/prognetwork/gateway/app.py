@@ -8,35 +8,34 @@ routing, and the route is matched on the same string the proxy forwards.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
-from prognetwork.gateway.proxy import Proxy, normalise_path
+from prognetwork.gateway import SPEC
+from prognetwork.gateway.proxy import CompiledRoute, compile_routes, match, normalise_path
+from prognetwork.gateway.runtime import Runtime, open_runtime
+from prognetwork.gateway.settings import GatewaySettings
 from prognetwork.kit import tracing
-from prognetwork.kit.app import ObservabilityMiddleware, Runtime, create_service_app
+from prognetwork.kit.app import Check, Lifecycle, ObservabilityMiddleware, create_service_app
 from prognetwork.kit.problems import Problem, problem_response
-from prognetwork.kit.settings import Settings
-
-SERVICE = "gateway"
 
 
 class Gateway:
     """ASGI entry: route-table paths to the proxy, the rest to the operational app."""
 
-    def __init__(self, ops: FastAPI, proxy: Proxy, settings: Settings) -> None:
+    def __init__(self, ops: FastAPI, routes: list[CompiledRoute], settings: GatewaySettings) -> None:
         self.ops = ops
-        self.proxy = proxy
+        self.routes = routes
         self.proxied = tracing.asgi(
-            ObservabilityMiddleware(proxy, service=SERVICE, max_body_bytes=settings.max_body_bytes)
+            ObservabilityMiddleware(self._proxy, service=SPEC.name, max_body_bytes=settings.max_body_bytes)
         )
         # Refusals get the same request id, metrics and access log as proxied requests.
         self.refused = tracing.asgi(
-            ObservabilityMiddleware(_refuse_path, service=SERVICE, max_body_bytes=settings.max_body_bytes)
+            ObservabilityMiddleware(_refuse_path, service=SPEC.name, max_body_bytes=settings.max_body_bytes)
         )
-        self.state = ops.state  # the server's graceful shutdown reaches the runtime through here
+        self.state = ops.state  # the server's graceful shutdown reaches the lifecycle through here
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             try:
                 path = normalise_path(scope.get("raw_path") or scope["path"].encode())
@@ -44,7 +43,7 @@ class Gateway:
                 scope["prog.path_problem"] = problem
                 await self.refused(scope, receive, send)
                 return
-            route = self.proxy.match(path)
+            route = match(self.routes, path)
             if route is not None:
                 scope["route"] = route
                 scope["prog.path"] = path  # what the proxy forwards: the very string matched
@@ -52,34 +51,41 @@ class Gateway:
                 return
         await self.ops(scope, receive, send)
 
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = self.state.runtime  # built by the lifespan, before any request
+        await runtime.proxy(scope, receive, send)
 
-async def _refuse_path(scope: dict, receive: Any, send: Any) -> None:
+
+async def _refuse_path(scope: Scope, receive: Receive, send: Send) -> None:
     problem: Problem = scope["prog.path_problem"]
     raw = scope.get("raw_path") or scope["path"].encode()
     await problem_response(
-        problem.status, problem.detail, kind=problem.kind, instance=raw.decode("latin-1")
+        problem.status, problem.detail, kind=problem.kind, title=problem.title, instance=raw.decode("latin-1")
     )(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> Gateway:
-    settings = settings or Settings()
-    proxy = Proxy(settings)
-
-    async def open_upstreams(runtime: Runtime) -> None:
-        assert runtime.redis is not None
-        await proxy.start(runtime.redis)
-
-    async def keep_keys_fresh(runtime: Runtime) -> None:
-        assert proxy.session is not None
-        try:
-            await proxy.jwks.keep_fresh(proxy.session, settings.jwks_refresh_seconds, runtime.stop)
-        finally:
-            await proxy.close()
-
-    async def keys_loaded() -> str:
-        return "ok" if proxy.jwks.loaded else "the user service's keys are not loaded yet"
-
-    ops = create_service_app(
-        SERVICE, settings, [], startup=[open_upstreams], background=[keep_keys_fresh], checks={"jwks": keys_loaded},
+async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    await runtime.proxy.jwks.keep_fresh(
+        runtime.proxy.session, runtime.settings.jwks_refresh_seconds, lifecycle.stop
     )
-    return Gateway(ops, proxy, settings)
+
+
+def readiness(runtime: Runtime) -> dict[str, Check]:
+    async def keys_loaded() -> str | None:
+        return None if runtime.proxy.jwks.loaded else "the token issuer's keys are not loaded yet"
+
+    return {"jwks": keys_loaded}
+
+
+def create_app(settings: GatewaySettings | None = None) -> Gateway:
+    settings = settings or GatewaySettings()
+    routes = compile_routes(settings)  # at start: a bad route table stops the gateway here
+    ops = create_service_app(
+        SPEC,
+        settings,
+        [],
+        runtime=open_runtime,
+        background=[keep_keys_fresh],
+        checks=readiness,
+    )
+    return Gateway(ops, routes, settings)

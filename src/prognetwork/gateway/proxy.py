@@ -48,27 +48,43 @@ from typing import Any
 import aiohttp
 import structlog
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from prognetwork.gateway.ratelimit import Decision, RateLimiter
+from prognetwork.gateway.problems import INVALID_PATH, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE
+from prognetwork.gateway.ratelimit import Decision, RateLimiter, refusal
+from prognetwork.gateway.settings import GatewaySettings
 from prognetwork.kit import tokens, tracing
 from prognetwork.kit.app import on_disconnect
 from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
 from prognetwork.kit.revocation import Revocations
-from prognetwork.kit.settings import Settings
 
 log = structlog.get_logger("prognetwork.gateway")
 
 HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
 )
 # Rebuilt by the gateway, so whatever a client sent under these names is dropped.
 REBUILT = frozenset(
-    {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+    {
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+    }
 )
 DROP_REQUEST = HOP_BY_HOP | REBUILT
 DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"date", b"server", b"x-request-id"}
@@ -84,13 +100,19 @@ SECURITY_HEADERS = [
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 UPSTREAM_LATENCY = Histogram(
-    "gateway_upstream_duration_seconds", "Time until an upstream's response headers arrive.", ("upstream",),
+    "gateway_upstream_duration_seconds",
+    "Time until an upstream's response headers arrive.",
+    ("upstream",),
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 UPSTREAM_RESPONSES = Counter(
-    "gateway_upstream_responses", "Upstream answers by status (502/504 when none came).", ("upstream", "status")
+    "gateway_upstream_responses",
+    "Upstream answers by status (502/504 when none came).",
+    ("upstream", "status"),
 )
-AUTH_FAILURES = Counter("gateway_auth_failures", "Requests refused for a missing or invalid token.", ("reason",))
+AUTH_FAILURES = Counter(
+    "gateway_auth_failures", "Requests refused for a missing or invalid token.", ("reason",)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +139,10 @@ class CompiledRoute:
         return path == self.prefix or path.startswith(self.prefix_slash)
 
 
-def compile_routes(settings: Settings) -> list[CompiledRoute]:
+def compile_routes(settings: GatewaySettings) -> list[CompiledRoute]:
     upstreams = {
-        name: _upstream_parts(name, url) for name, url in settings.upstreams.items()
+        name: _upstream_parts(name, url)
+        for name, url in settings.upstreams.items()
         if any(route.upstream == name for route in settings.routes)
     }
     compiled = []
@@ -128,29 +151,50 @@ def compile_routes(settings: Settings) -> list[CompiledRoute]:
         _require_canonical(prefix, f"route prefix {route.prefix!r}")
         strip_prefix = route.strip_prefix.rstrip("/")
         # Only a whole-segment strip keeps the remainder empty or starting with '/'.
-        strip = len(strip_prefix) if strip_prefix and (
-            prefix == strip_prefix or prefix.startswith(strip_prefix + "/")) else 0
+        strip = (
+            len(strip_prefix)
+            if strip_prefix and (prefix == strip_prefix or prefix.startswith(strip_prefix + "/"))
+            else 0
+        )
         scheme, host, port, base_path = upstreams[route.upstream]
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.upstream_connect_timeout_seconds,
+            total=None,
+            sock_connect=settings.upstream_connect_timeout_seconds,
             sock_read=None if route.stream else settings.upstream_timeout_seconds,
         )
-        compiled.append(CompiledRoute(
-            path=prefix if "." in prefix.rsplit("/", 1)[-1] else prefix.rstrip("/") + "/*",
-            prefix=prefix, prefix_slash=prefix.rstrip("/") + "/", upstream=route.upstream,
-            scheme=scheme, host=host, port=port, base_path=base_path, strip=strip,
-            upstream_prefix=base_path + prefix[strip:] or "/",
-            public=route.public, limit=route.limit, stream=route.stream,
-            timeout=timeout, first_byte_seconds=settings.upstream_timeout_seconds,
-            latency=UPSTREAM_LATENCY.labels(route.upstream),
-        ))
+        compiled.append(
+            CompiledRoute(
+                path=prefix if "." in prefix.rsplit("/", 1)[-1] else prefix.rstrip("/") + "/*",
+                prefix=prefix,
+                prefix_slash=prefix.rstrip("/") + "/",
+                upstream=route.upstream,
+                scheme=scheme,
+                host=host,
+                port=port,
+                base_path=base_path,
+                strip=strip,
+                upstream_prefix=base_path + prefix[strip:] or "/",
+                public=route.public,
+                limit=route.limit,
+                stream=route.stream,
+                timeout=timeout,
+                first_byte_seconds=settings.upstream_timeout_seconds,
+                latency=UPSTREAM_LATENCY.labels(route.upstream),
+            )
+        )
     return compiled
 
 
 def _upstream_parts(name: str, url: str) -> tuple[str, str, int | None, str]:
     parsed = URL(url)
-    if (parsed.scheme not in ("http", "https") or not parsed.raw_host or parsed.raw_user is not None
-            or parsed.raw_password is not None or parsed.raw_query_string or parsed.raw_fragment):
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.raw_host
+        or parsed.raw_user is not None
+        or parsed.raw_password is not None
+        or parsed.raw_query_string
+        or parsed.raw_fragment
+    ):
         raise ValueError(
             f"upstream {name!r} must be http(s)://host[:port][/path] without credentials, query or fragment: {url!r}"
         )
@@ -180,7 +224,7 @@ _FOLDS_TO_DELIMITER = ("/", "\\", "%")
 
 
 def _invalid(detail: str) -> Problem:
-    return Problem(400, detail, kind="invalid-path")
+    return INVALID_PATH(detail)
 
 
 def normalise_path(raw: bytes) -> str:
@@ -212,8 +256,12 @@ def upstream_url(route: CompiledRoute, path: str, query: bytes) -> URL:
     route.upstream_prefix. The query is passed on as sent: it only ever follows the '?'.
     """
     return URL.build(
-        scheme=route.scheme, host=route.host, port=route.port, path=route.base_path + path[route.strip:] or "/",
-        query_string=query.decode("latin-1"), encoded=True,
+        scheme=route.scheme,
+        host=route.host,
+        port=route.port,
+        path=route.base_path + path[route.strip :] or "/",
+        query_string=query.decode("latin-1"),
+        encoded=True,
     )
 
 
@@ -259,7 +307,7 @@ def _decode_segment(segment: bytes) -> tuple[str, str]:
             decoded.append(byte)
             i += 1
             continue
-        digits = segment[i + 1:i + 3]
+        digits = segment[i + 1 : i + 3]
         if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX:
             raise _invalid("The path has a '%' that is not followed by two hex digits.")
         value = int(digits, 16)
@@ -267,8 +315,10 @@ def _decode_segment(segment: bytes) -> tuple[str, str]:
         if value in _UNRESERVED:
             canonical.append(chr(value))  # %61 is 'a': RFC 3986 section 6.2.2.2
         elif value == 0x2F or value == 0x5C:
-            raise _invalid(f"The path encodes a {'slash' if value == 0x2F else 'backslash'} (%{value:02X}); "
-                           "a segment cannot contain one.")
+            raise _invalid(
+                f"The path encodes a {'slash' if value == 0x2F else 'backslash'} (%{value:02X}); "
+                "a segment cannot contain one."
+            )
         elif value == 0x25:
             raise _invalid("The path encodes '%' (%25): double-encoded paths are not accepted.")
         elif value < 0x20 or value == 0x7F:
@@ -288,54 +338,58 @@ def _decode_segment(segment: bytes) -> tuple[str, str]:
             raise _invalid("The path encodes a control character.")
         folded = unicodedata.normalize("NFKC", text)
         if any(d in folded for d in _FOLDS_TO_DELIMITER) or _is_dot_segment(folded):
-            raise _invalid("The path has characters that are equivalent (NFKC) to '/', '\\', '%' or a dot segment.")
+            raise _invalid(
+                "The path has characters that are equivalent (NFKC) to '/', '\\', '%' or a dot segment."
+            )
     return "".join(canonical), text
 
 
+def match(routes: list[CompiledRoute], path: str) -> CompiledRoute | None:
+    """The first route for `path`, which must be normalise_path's result (what is forwarded)."""
+    for route in routes:
+        if route.matches(path):
+            return route
+    return None
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """The pooled client every upstream call goes through (close it when the gateway stops)."""
+    connector = aiohttp.TCPConnector(
+        limit=512, keepalive_timeout=30, ttl_dns_cache=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Proxy:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.routes = compile_routes(settings)
-        self.jwks = Jwks(
-            settings.upstreams["users"].rstrip("/") + "/.well-known/jwks.json",
-            settings.jwt_issuer, settings.jwt_audience,
-        )
-        self.session: aiohttp.ClientSession | None = None
-        self.limiter: RateLimiter | None = None
-        self.revocations: Revocations | None = None
+    """Forwards a request on a matched route: authenticate, rate-limit, forward, relay."""
 
-    def match(self, path: str) -> CompiledRoute | None:
-        """The first route for `path`, which must be normalise_path's result (what is forwarded)."""
-        for route in self.routes:
-            if route.matches(path):
-                return route
-        return None
+    session: aiohttp.ClientSession
+    limiter: RateLimiter
+    revocations: Revocations
+    jwks: Jwks
 
-    async def start(self, redis: Redis) -> None:
-        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=30, ttl_dns_cache=30, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        )
-        self.limiter = RateLimiter(redis, self.settings.gateway_rate_limits)
-        self.revocations = Revocations(redis)
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: CompiledRoute = scope["route"]
         try:
             await self._forward(route, scope, receive, send)
         except Problem as problem:
             await problem_response(
-                problem.status, problem.detail, kind=problem.kind, instance=scope["path"],
-                headers=problem.headers, **problem.extensions,
+                problem.status,
+                problem.detail,
+                kind=problem.kind,
+                title=problem.title,
+                instance=scope["path"],
+                headers=problem.headers,
+                **problem.extensions,
             )(scope, receive, send)
 
-    async def _forward(self, route: CompiledRoute, scope: dict, receive: Any, send: Any) -> None:
-        assert self.session is not None and self.limiter is not None
+    async def _forward(self, route: CompiledRoute, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         claims = None if route.public else await self._authenticate(headers, method)
@@ -345,7 +399,7 @@ class Proxy:
             route.limit, f"u:{claims['sub']}" if claims else f"a:{client_ip}", method
         )
         if not decision.allowed:
-            raise _refused(decision, route)
+            raise refusal(decision)
 
         body = await _read_body(receive)
         if body is None:
@@ -358,17 +412,23 @@ class Proxy:
         started = time.perf_counter()
         try:
             pending = self.session.request(
-                method, target, headers=outgoing, data=body or None,
-                timeout=route.timeout, allow_redirects=False,
+                method,
+                target,
+                headers=outgoing,
+                data=body or None,
+                timeout=route.timeout,
+                allow_redirects=False,
             )
-            upstream = await (asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending)
+            upstream = await (
+                asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending
+            )
         except TimeoutError:
             UPSTREAM_RESPONSES.labels(route.upstream, "504").inc()
-            raise Problem(504, f"The {route.upstream} service did not answer in time.", kind="upstream-timeout") from None
+            raise UPSTREAM_TIMEOUT(f"The {route.upstream} service did not answer in time.") from None
         except (aiohttp.ClientError, OSError) as exc:
             UPSTREAM_RESPONSES.labels(route.upstream, "502").inc()
             log.warning("upstream unreachable", upstream=route.upstream, error=type(exc).__name__)
-            raise Problem(502, f"The {route.upstream} service is unavailable.", kind="upstream-unavailable") from None
+            raise UPSTREAM_UNAVAILABLE(f"The {route.upstream} service is unavailable.") from None
         route.latency.observe(time.perf_counter() - started)
         UPSTREAM_RESPONSES.labels(route.upstream, str(upstream.status)).inc()
         try:
@@ -383,7 +443,6 @@ class Proxy:
         except Problem:
             AUTH_FAILURES.labels("missing").inc()
             raise
-        assert self.session is not None and self.revocations is not None
         try:
             claims = await self.jwks.verify(token, self.session)
         except tokens.InvalidToken as exc:
@@ -398,7 +457,7 @@ class Proxy:
         return claims
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes | None:
     # The body limit is enforced by the observability middleware around this app.
     message = await receive()
     if message["type"] == "http.disconnect":
@@ -413,7 +472,7 @@ async def _read_body(receive: Any) -> bytes | None:
 
 
 def _upstream_headers(
-    headers: list[tuple[bytes, bytes]], scope: dict, client_ip: str, claims: dict[str, Any] | None
+    headers: list[tuple[bytes, bytes]], scope: Scope, client_ip: str, claims: dict[str, Any] | None
 ) -> list[tuple[str, str]]:
     outgoing: list[tuple[str, str]] = []
     host = traceparent = None
@@ -456,29 +515,21 @@ def _rate_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _refused(decision: Decision, route: CompiledRoute) -> Problem:
-    if decision.degraded:
-        return Problem(
-            503, "Rate limiting is unavailable, so writes are paused; retry shortly.", kind="rate-limiter-unavailable",
-            headers={"Retry-After": "1"},
-        )
-    return Problem(
-        429, f"Too many requests; retry in {decision.reset_seconds} seconds.", kind="rate-limited",
-        headers={
-            "Retry-After": str(decision.reset_seconds), "RateLimit-Limit": str(decision.limit),
-            "RateLimit-Remaining": "0", "RateLimit-Reset": str(decision.reset_seconds),
-        },
-    )
-
-
 async def _relay(
-    upstream: aiohttp.ClientResponse, route: CompiledRoute, decision: Decision, scope: dict, receive: Any, send: Any
+    upstream: aiohttp.ClientResponse,
+    route: CompiledRoute,
+    decision: Decision,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> None:
     response_headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in DROP_RESPONSE]
     response_headers += SECURITY_HEADERS
     response_headers += _rate_headers(decision)
     content_type = upstream.headers.get("Content-Type", "")
-    streaming = route.stream or content_type.startswith("text/event-stream") or upstream.content_length is None
+    streaming = (
+        route.stream or content_type.startswith("text/event-stream") or upstream.content_length is None
+    )
     if not streaming or scope["method"] == "HEAD":
         body = await upstream.read()
         response_headers.append((b"content-length", str(len(body)).encode()))
@@ -497,5 +548,3 @@ async def _relay(
             raise
     finally:
         watcher.cancel()
-
-

@@ -17,7 +17,9 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from prognetwork.kit.settings import RateLimit
+from prognetwork.gateway.problems import RATE_LIMITED, RATE_LIMITER_UNAVAILABLE
+from prognetwork.gateway.settings import RateLimit
+from prognetwork.kit.problems import Problem
 from prognetwork.kit.throttle import Counter as WindowCounter
 
 log = structlog.get_logger("prognetwork.gateway.ratelimit")
@@ -56,7 +58,26 @@ class RateLimiter:
                 allowed = window.count <= limit.requests
                 if not allowed:
                     REJECTED.labels(group).inc()
-                return Decision(allowed, limit.requests, max(0, limit.requests - window.count), window.retry_after_seconds)
+                return Decision(
+                    allowed, limit.requests, max(0, limit.requests - window.count), window.retry_after_seconds
+                )
         allowed = method in SAFE_METHODS
         DEGRADED.labels("allowed" if allowed else "refused").inc()
         return Decision(allowed, degraded=True)
+
+
+def refusal(decision: Decision) -> Problem:
+    """The answer to a request `decision` did not allow: over its limit, or a write while Redis is down."""
+    if decision.degraded:
+        return RATE_LIMITER_UNAVAILABLE(
+            "Rate limiting is unavailable, so writes are paused; retry shortly.", headers={"Retry-After": "1"}
+        )
+    return RATE_LIMITED(
+        f"Too many requests; retry in {decision.reset_seconds} seconds.",
+        headers={
+            "Retry-After": str(decision.reset_seconds),
+            "RateLimit-Limit": str(decision.limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(decision.reset_seconds),
+        },
+    )

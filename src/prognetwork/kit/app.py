@@ -13,23 +13,24 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prognetwork.kit import db, migrations, problems, tracing
 from prognetwork.kit import logging as kit_logging
-from prognetwork.kit.cache import create_redis
+from prognetwork.kit.cache import TextRedis, create_redis
 from prognetwork.kit.metrics import ERRORS, REQUEST_DURATION, REQUESTS, UNMATCHED_ROUTE, watch_pools
-from prognetwork.kit.settings import SERVICE_DEPENDENCIES, Settings
+from prognetwork.kit.service import ServiceSpec
+from prognetwork.kit.settings import Settings
 
 access_log = structlog.get_logger("prognetwork.access")
 QUIET_PATHS = frozenset({"/health", "/readiness", "/metrics"})
@@ -39,89 +40,127 @@ CHECK_TIMEOUT = 2.0
 
 
 @dataclass
-class Runtime:
-    """What a running service holds: its settings and its connections."""
+class Lifecycle:
+    """Where a process is in its life: the server sets `draining` on SIGTERM, the lifespan sets
+    `stop` when background jobs must end."""
 
-    service: str
-    settings: Settings
-    engine: AsyncEngine | None = None
-    sessions: async_sessionmaker[AsyncSession] | None = None
-    readers: async_sessionmaker[AsyncSession] | None = None
-    redis: Redis | None = None
     draining: bool = False
-    expected_revision: str | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.engine is not None:
-            await self.engine.dispose()
+
+class Connections:
+    """What the kit opened for a service, from its spec's `needs`: typed, never None once declared."""
+
+    def __init__(self, service: str, database: db.Database | None, redis: TextRedis | None) -> None:
+        self.service = service
+        self._database = database
+        self._redis = redis
+
+    @property
+    def database(self) -> db.Database:
+        if self._database is None:
+            raise RuntimeError(f"{self.service} does not declare postgres in its ServiceSpec.needs")
+        return self._database
+
+    @property
+    def redis(self) -> TextRedis:
+        if self._redis is None:
+            raise RuntimeError(f"{self.service} does not declare redis in its ServiceSpec.needs")
+        return self._redis
+
+    def checks(self) -> dict[str, Check]:
+        """Readiness: every declared dependency answers (and the schema is migrated)."""
+        found: dict[str, Check] = {}
+        if self._database is not None:
+            found["postgres"] = self._database.schema_problem
+        if self._redis is not None:
+            redis = self._redis
+
+            async def redis_answers() -> None:
+                await redis.ping()
+
+            found["redis"] = redis_answers
+        return found
 
 
-Background = Callable[[Runtime], Awaitable[None]]
+S = TypeVar("S", bound=Settings)
+R = TypeVar("R")
+# A readiness check: None when ready, else what is wrong (an exception means "unreachable").
+Check = Callable[[], Awaitable[str | None]]
+# Builds a service's typed runtime from its settings and connections; whatever it opens, it
+# closes when the context exits (the lifespan's end), never in a background job.
+RuntimeFactory = Callable[[S, Connections], AbstractAsyncContextManager[R]]
+# A background job (an async function: each run is a task): runs until `lifecycle.stop` is set.
+Job = Callable[[R, Lifecycle], Coroutine[Any, Any, None]]
 
 
 def create_service_app(
-    service: str,
-    settings: Settings,
+    spec: ServiceSpec,
+    settings: S,
     routers: Iterable[APIRouter],
     *,
-    startup: Iterable[Background] = (),
-    background: Iterable[Background] = (),
-    checks: dict[str, Callable[[], Awaitable[str]]] | None = None,
-    title: str | None = None,
+    runtime: RuntimeFactory[S, R],
+    background: Iterable[Job[R]] = (),
+    checks: Callable[[R], dict[str, Check]] | None = None,
 ) -> FastAPI:
-    """`startup` hooks run once connections exist; `background` jobs run until `runtime.stop`;
-    `checks` are extra readiness checks ("ok" or what is wrong)."""
-    needs = SERVICE_DEPENDENCIES.get(service, frozenset())
-    runtime = Runtime(service=service, settings=settings)
-    startup, background = list(startup), list(background)
-    extra_checks = dict(checks or {})
+    """A service's ASGI app: its routers, its runtime (on `app.state.runtime`) and jobs for the
+    length of the lifespan, and the operational surface every service shares."""
+    lifecycle = Lifecycle()
+    jobs = list(background)
+    probes: dict[str, Check] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if "postgres" in needs:
-            runtime.engine = db.create_engine(settings.database_dsn, settings.db_pool_size)
-            runtime.sessions = db.sessionmaker(runtime.engine)
-            runtime.readers = db.reader_sessionmaker(runtime.engine)
-            runtime.expected_revision = migrations.head_revision()
-            tracing.instrument_engine(runtime.engine)
-        if "redis" in needs:
-            runtime.redis = create_redis(settings.redis_dsn)
-        watch_pools(service, runtime.engine, runtime.redis)
-        runtime.stop.clear()
-        for hook in startup:
-            await hook(runtime)
-        tasks = [asyncio.create_task(job(runtime), name=getattr(job, "__name__", "job")) for job in background]
-        try:
-            yield
-        finally:
-            runtime.stop.set()
-            if tasks:
-                _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
-                for task in pending:
-                    task.cancel()
-            await runtime.close()
+        async with AsyncExitStack() as stack:
+            database = redis = None
+            if "postgres" in spec.needs:
+                database = await stack.enter_async_context(
+                    db.open_database(settings.database_dsn, settings.db_pool_size, migrations.head_revision())
+                )
+                tracing.instrument_engine(database.engine)
+            if "redis" in spec.needs:
+                redis = create_redis(settings.redis_dsn)
+                stack.push_async_callback(redis.aclose)
+            watch_pools(spec.name, database.engine if database else None, redis)
+            connections = Connections(spec.name, database, redis)
+            app.state.connections = connections
+            built = await stack.enter_async_context(runtime(settings, connections))
+            app.state.runtime = built
+            probes.clear()
+            probes.update(connections.checks())
+            probes.update(checks(built) if checks else {})
+            lifecycle.stop.clear()
+            tasks = [
+                asyncio.create_task(job(built, lifecycle), name=getattr(job, "__name__", "job"))
+                for job in jobs
+            ]
+            try:
+                yield
+            finally:
+                lifecycle.stop.set()
+                if tasks:
+                    _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
+                    for task in pending:
+                        task.cancel()
 
-    app = FastAPI(title=title or f"ProgNetwork {service}", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.runtime = runtime
+    app = FastAPI(title=f"ProgNetwork {spec.name}", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.lifecycle = lifecycle
     problems.install(app)
 
     @app.get("/health", include_in_schema=False)
     async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+        return {"status": "ok", "service": spec.name}
 
     @app.get("/readiness", include_in_schema=False)
     async def readiness() -> Response:
-        checks = await check_dependencies(runtime, needs, extra_checks)
-        if runtime.draining:
-            checks["lifecycle"] = "shutting down"
-        failing = {name: state for name, state in checks.items() if state != "ok"}
+        states = await run_checks(probes)
+        if lifecycle.draining:
+            states["lifecycle"] = "shutting down"
+        failing = {name: state for name, state in states.items() if state != "ok"}
         if failing:
             detail = "Not ready: " + "; ".join(f"{n}: {s}" for n, s in failing.items())
-            return problems.problem_response(503, detail, kind="not-ready", checks=checks)
-        return JSONResponse({"status": "ready", "service": service, "checks": checks})
+            return problems.problem_response(503, detail, kind="not-ready", checks=states)
+        return JSONResponse({"status": "ready", "service": spec.name, "checks": states})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -129,7 +168,7 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
-    app.add_middleware(ObservabilityMiddleware, service=service, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, service=spec.name, max_body_bytes=settings.max_body_bytes)
     if tracing.enabled():
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
@@ -139,62 +178,49 @@ def create_service_app(
     return app
 
 
-async def check_dependencies(
-    runtime: Runtime, needs: frozenset[str], extra: dict[str, Callable[[], Awaitable[str]]]
-) -> dict[str, str]:
-    async def postgres() -> str:
-        assert runtime.engine is not None
-        revision = await db.applied_revision(runtime.engine)
-        if revision != runtime.expected_revision:
-            return f"schema at {revision or 'nothing'}, expected {runtime.expected_revision} (run `prog migrate`)"
-        return "ok"
+async def run_checks(probes: dict[str, Check]) -> dict[str, str]:
+    """Every readiness check at once, each bounded by CHECK_TIMEOUT: "ok" or what is wrong."""
 
-    async def redis() -> str:
-        assert runtime.redis is not None
-        await runtime.redis.ping()
-        return "ok"
-
-    probes = {"postgres": postgres, "redis": redis, **extra}
-    names = [n for n in ("postgres", "redis") if n in needs] + list(extra)
-
-    async def run(name: str) -> str:
+    async def run(check: Check) -> str:
         try:
             with tracing.untraced():
-                return await asyncio.wait_for(probes[name](), CHECK_TIMEOUT)
+                problem = await asyncio.wait_for(check(), CHECK_TIMEOUT)
         except TimeoutError:
             return "unreachable (timed out)"
         except Exception as exc:  # any failure means "not ready"; say which
             return f"unreachable ({type(exc).__name__})"
+        return problem or "ok"
 
-    results = await asyncio.gather(*(run(n) for n in names))
-    return dict(zip(names, results, strict=True))
-
-
-def runtime_of(request: Request) -> Runtime:
-    return request.app.state.runtime
+    results = await asyncio.gather(*(run(check) for check in probes.values()))
+    return dict(zip(probes, results, strict=True))
 
 
-async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
-    sessions = request.app.state.runtime.sessions
-    async with sessions() as session:
+async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A request's write session: the service layer commits in `session.begin()` blocks; whatever
+    it left uncommitted (an exception) is rolled back when the request ends."""
+    async with request.app.state.connections.database.sessions() as session:
         yield session
 
 
-async def db_reader(request: Request) -> AsyncIterator[AsyncSession]:
-    """A read-only session (autocommit: no transaction round trips)."""
-    async with request.app.state.runtime.readers() as session:
+async def read_session(request: Request) -> AsyncIterator[db.ReadSession]:
+    """A request's read-only session (autocommit: no transaction round trips)."""
+    async with request.app.state.connections.database.readers() as session:
         yield session
+
+
+WriteSession = Annotated[AsyncSession, Depends(write_session)]
+ReadOnlySession = Annotated[db.ReadSession, Depends(read_session)]
 
 
 class ObservabilityMiddleware:
     """Request id, metrics, access log and body limit in one pure ASGI layer (no per-request tasks)."""
 
-    def __init__(self, app: Any, service: str, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, service: str, max_body_bytes: int) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -206,7 +232,7 @@ class ObservabilityMiddleware:
         answered = False  # set once this layer answered itself (body too large)
         header = (b"x-request-id", request_id.encode())
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if answered:
                 return  # the app's late answer to a request this layer already refused
@@ -217,7 +243,7 @@ class ObservabilityMiddleware:
 
         received = 0
 
-        async def limited_receive() -> dict:
+        async def limited_receive() -> Message:
             # Streamed bodies have no Content-Length to check up front: count as they arrive,
             # answer 413 ourselves and tell the app the client is gone.
             nonlocal received, answered
@@ -249,20 +275,23 @@ class ObservabilityMiddleware:
                 ERRORS.labels(*labels).inc()
             if not quiet:
                 access_log.info(
-                    "request", method=scope["method"], path=scope["path"], status=status,
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-async def on_disconnect(receive: Callable, callback: Callable[[], object]) -> None:
+async def on_disconnect(receive: Receive, callback: Callable[[], object]) -> None:
     """Call `callback` when the client goes away (for long responses that only write)."""
     while (await receive())["type"] != "http.disconnect":
         pass
     callback()
 
 
-def _request_id(scope: dict) -> str:
+def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
@@ -272,7 +301,7 @@ def _request_id(scope: dict) -> str:
     return uuid.uuid4().hex
 
 
-def _content_length(scope: dict) -> int | None:
+def _content_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:

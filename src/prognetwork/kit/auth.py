@@ -6,7 +6,7 @@ same two problem kinds, so a client handles them once.
 
 from __future__ import annotations
 
-from prognetwork.kit.problems import Problem
+from prognetwork.kit.problems import INVALID_TOKEN, UNAUTHENTICATED, Problem
 
 BEARER_REALM = {"WWW-Authenticate": 'Bearer realm="prognetwork"'}
 BEARER_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -17,10 +17,9 @@ def bearer_token(header: str | None) -> str:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise Problem(401, "Send an access token: Authorization: Bearer <token>.", kind="unauthenticated",
-                      headers=BEARER_REALM)
+        raise UNAUTHENTICATED("Send an access token: Authorization: Bearer <token>.", headers=BEARER_REALM)
     return token
 
 
 def invalid_token(reason: str) -> Problem:
-    return Problem(401, f"The access token is not valid: {reason}.", kind="invalid-token", headers=BEARER_INVALID)
+    return INVALID_TOKEN(f"The access token is not valid: {reason}.", headers=BEARER_INVALID)

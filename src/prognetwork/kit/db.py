@@ -1,7 +1,18 @@
-"""PostgreSQL access: one async engine per process, sessions per unit of work."""
+"""PostgreSQL access: one async engine per process, sessions per unit of work.
+
+The transaction idiom: a service method that writes does so inside `async with session.begin():`,
+so where a Redis side effect sits relative to the commit is visible in the code's shape. A
+request-scoped session (kit.app.write_session) rolls back whatever was not committed when the
+request ends, exception or not. Requests that only read get a `ReadSession`: autocommit (one
+round trip per lookup) and unable to write — `commit()` and `flush()` raise.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import MetaData, text
@@ -39,8 +50,12 @@ def create_engine(dsn: str, pool_size: int = 20) -> AsyncEngine:
     # hide_parameters: a statement's bound values (password hashes, emails, tokens) stay out of
     # exception messages, so an error log line or traceback never carries them.
     return create_async_engine(
-        sqlalchemy_url(dsn), pool_size=pool_size, max_overflow=pool_size, pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30}, hide_parameters=True,
+        sqlalchemy_url(dsn),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=5,
+        connect_args={"timeout": 5, "command_timeout": 30},
+        hide_parameters=True,
     )
 
 
@@ -48,10 +63,53 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def reader_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+class ReadSession(AsyncSession):
+    """A session that reads only: nothing it holds can be written back."""
+
+    async def commit(self) -> NoReturn:
+        raise TypeError("a ReadSession cannot write; take a write session (kit.app.write_session)")
+
+    async def flush(self, objects: Any = None) -> None:
+        if self.new or self.dirty or self.deleted:
+            raise TypeError("a ReadSession cannot write; take a write session (kit.app.write_session)")
+
+
+def reader_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[ReadSession]:
     """Sessions for requests that only read: autocommit, so a lookup is one round trip
-    instead of three (no BEGIN and ROLLBACK around it). Never write through these."""
-    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    instead of three (no BEGIN and ROLLBACK around it)."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        class_=ReadSession,
+        expire_on_commit=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A process's PostgreSQL: the engine, write sessions, read sessions, the schema it expects."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    readers: async_sessionmaker[ReadSession]
+    expected_revision: str | None
+
+    async def schema_problem(self) -> str | None:
+        """None when the applied migration is the one this code expects."""
+        revision = await applied_revision(self.engine)
+        if revision != self.expected_revision:
+            return (
+                f"schema at {revision or 'nothing'}, expected {self.expected_revision} (run `prog migrate`)"
+            )
+        return None
+
+
+@asynccontextmanager
+async def open_database(dsn: str, pool_size: int, expected_revision: str | None) -> AsyncIterator[Database]:
+    engine = create_engine(dsn, pool_size)
+    try:
+        yield Database(engine, sessionmaker(engine), reader_sessionmaker(engine), expected_revision)
+    finally:
+        await engine.dispose()
 
 
 async def applied_revision(engine: AsyncEngine) -> str | None:

@@ -40,11 +40,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prognetwork.kit import tracing
+from prognetwork.kit import retry, tracing
 from prognetwork.kit.db import Base
 
 CHANNEL = "prog_events"
 APPEND_LOCK_KEY = 0x70726F67  # any constant shared by every writer
+PING_SECONDS = 5.0
+LISTEN_RETRY_CAP_SECONDS = 2.0
 log = structlog.get_logger("prognetwork.events")
 
 events = Table(
@@ -111,8 +113,13 @@ async def append(
         await session.execute(
             insert(events)
             .values(
-                id=event_id, type=type, payload=payload, user_id=user_id, tenant_id=tenant_id,
-                private=private, trace_context=trace_context,
+                id=event_id,
+                type=type,
+                payload=payload,
+                user_id=user_id,
+                tenant_id=tenant_id,
+                private=private,
+                trace_context=trace_context,
             )
             .returning(events.c.seq, events.c.occurred_at)
         )
@@ -121,8 +128,15 @@ async def append(
     await session.execute(text("SELECT pg_notify(:channel, :seq)"), {"channel": CHANNEL, "seq": str(row.seq)})
     EVENTS_APPENDED.labels(type).inc()
     return Event(
-        seq=row.seq, id=event_id, type=type, payload=payload, user_id=user_id, tenant_id=tenant_id,
-        private=private, trace_context=trace_context, occurred_at=row.occurred_at,
+        seq=row.seq,
+        id=event_id,
+        type=type,
+        payload=payload,
+        user_id=user_id,
+        tenant_id=tenant_id,
+        private=private,
+        trace_context=trace_context,
+        occurred_at=row.occurred_at,
     )
 
 
@@ -142,7 +156,8 @@ class Consumer:
     """Feeds every event after its cursor to `handler`, in order, surviving crashes and restarts.
 
     Several replicas may run the same consumer: the cursor row is locked with SKIP LOCKED, so
-    one replica works while the others wait to take over.
+    one replica works while the others wait to take over. A failed batch is rolled back and
+    retried with backoff (`kit.retry`); the retry comes early when the listener reconnects.
     """
 
     def __init__(
@@ -156,6 +171,7 @@ class Consumer:
         batch_size: int = 100,
         poll_seconds: float = 5.0,
         after_commit: Callable[[], None] | None = None,
+        backoff: retry.Backoff | None = None,
     ) -> None:
         self.name = name
         self.sessions = sessions
@@ -165,33 +181,37 @@ class Consumer:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.after_commit = after_commit
+        # Failed batches are retried after 0.2 s doubling up to 30 s, unless PostgreSQL comes back sooner.
+        self.backoff = backoff or retry.Backoff(f"events.consumer:{name}", cap=30.0, traceback=True)
         self.wake = asyncio.Event()
         self._fetch = text(_FETCH.format(type_filter="AND type = ANY(:types)" if types else ""))
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = asyncio.create_task(listen(self.dsn, self.wake, stop))
-        relay = relay_stop(stop, self.wake)
-        failures = 0
+        # Set when the listener connects again after losing PostgreSQL: a batch waiting to retry
+        # tries at once instead of sleeping out its delay. NOTIFYs (`wake`) do not cut that wait
+        # short: a handler failing on an event would fail again at every event appended.
+        reconnected = asyncio.Event()
+        listener = asyncio.create_task(
+            listen(self.dsn, self.wake, stop, name=f"events.listener:{self.name}", reconnected=reconnected)
+        )
         try:
-            while not stop.is_set():
-                try:
-                    handled = await self.step()
-                    failures = 0
-                    if handled and self.after_commit is not None:
-                        self.after_commit()
-                except Exception:
-                    failures += 1
-                    CONSUMER_FAILURES.labels(self.name).inc()
-                    log.exception("consumer batch failed; retrying", consumer=self.name, attempt=failures)
-                    await wait_for(stop, min(30.0, 0.2 * 2**failures))
-                    continue
-                if handled < self.batch_size:
-                    await wait_for(self.wake, self.poll_seconds)
-                    self.wake.clear()
+            await retry.run_forever(
+                self.backoff, self._batch, stop, idle=self.poll_seconds, wake=self.wake, recovered=reconnected
+            )
         finally:
-            for task in (listener, relay):
-                task.cancel()
-            await asyncio.gather(listener, relay, return_exceptions=True)
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    async def _batch(self) -> bool:
+        """One step of `run`; True when the batch was full, so more may be waiting."""
+        try:
+            handled = await self.step()
+        except Exception:
+            CONSUMER_FAILURES.labels(self.name).inc()
+            raise
+        if handled and self.after_commit is not None:
+            self.after_commit()
+        return handled >= self.batch_size
 
     async def step(self) -> int:
         """Handle one batch in one transaction; returns how many events were handled."""
@@ -215,7 +235,8 @@ class Consumer:
             for row in rows:
                 event = Event(**{k: v for k, v in row.items() if k != "head"})
                 with tracing.continued(
-                    f"handle {event.type}", event.trace_context,
+                    f"handle {event.type}",
+                    event.trace_context,
                     **{"messaging.consumer.group.name": self.name, "prognetwork.event.seq": event.seq},
                 ):
                     await self.handler(session, event)
@@ -232,46 +253,44 @@ class Consumer:
         return len(rows)
 
 
-async def listen(dsn: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """Set `wake` on every NOTIFY; reconnect with backoff if the connection is lost."""
-    delay = 0.5
-    while not stop.is_set():
-        conn = None
-        try:
-            conn = await asyncpg.connect(
-                dsn, timeout=5, server_settings={"application_name": "prognetwork-event-listener"}
-            )
-            await conn.add_listener(CHANNEL, lambda *_: wake.set())
-            wake.set()  # catch up on anything appended while we were not listening
-            delay = 0.5
-            while not stop.is_set():
-                await wait_for(stop, 5.0)
-                await conn.execute("SELECT 1")  # notices a dead connection within seconds
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("event listener disconnected; reconnecting", error=str(exc), retry_in=delay)
-            await wait_for(stop, delay)
-            delay = min(delay * 2, 10.0)
-        finally:
-            if conn is not None:
-                conn.terminate()
+async def listen(
+    dsn: str,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+    *,
+    name: str = "events.listener",
+    reconnected: asyncio.Event | None = None,
+) -> None:
+    """Set `wake` on every NOTIFY, and on connecting (to catch up on what was appended while not
+    listening), until `stop`. A lost connection is retried with backoff; `reconnected` is set
+    whenever a connection succeeds after a failure, as a sign that PostgreSQL is back."""
+    # Short waits: this listener is what notices that PostgreSQL is back and wakes the others.
+    backoff = retry.Backoff(name, base=0.5, cap=LISTEN_RETRY_CAP_SECONDS)
 
-
-def relay_stop(stop: asyncio.Event, wake: asyncio.Event) -> asyncio.Task:
-    """Set `wake` when `stop` is set, so a loop idling on `wake` notices a shutdown at once."""
-
-    async def relay() -> None:
-        await stop.wait()
+    def connected() -> None:
+        if backoff.attempt and reconnected is not None:
+            reconnected.set()
+        backoff.reset()
         wake.set()
 
-    return asyncio.create_task(relay())
+    while not stop.is_set():
+        try:
+            await _listen_until(dsn, wake, stop, connected)
+        except Exception as exc:  # refused, lost or timed out: PostgreSQL is down or restarting
+            await backoff.wait(exc, stop)
 
 
-async def wait_for(event: asyncio.Event, timeout: float) -> bool:
-    """Wait until `event` is set or `timeout` passes; True if it was set."""
+async def _listen_until(
+    dsn: str, wake: asyncio.Event, stop: asyncio.Event, connected: Callable[[], None]
+) -> None:
+    conn = await asyncpg.connect(
+        dsn, timeout=5, server_settings={"application_name": "prognetwork-event-listener"}
+    )
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-        return True
-    except TimeoutError:
-        return event.is_set()
+        await conn.add_listener(CHANNEL, lambda *_: wake.set())
+        connected()
+        while not await retry.wait_for(stop, PING_SECONDS):
+            # Notices a dead connection within seconds; the timeout, one that hangs.
+            await conn.execute("SELECT 1", timeout=PING_SECONDS)
+    finally:
+        conn.terminate()

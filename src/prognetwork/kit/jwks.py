@@ -18,8 +18,7 @@ import jwt
 import structlog
 from prometheus_client import Counter
 
-from prognetwork.kit import tokens
-from prognetwork.kit.events import wait_for
+from prognetwork.kit import retry, tokens
 
 log = structlog.get_logger("prognetwork.jwks")
 REFETCH_BURST = 3.0
@@ -69,7 +68,9 @@ class Jwks:
 
     async def _refetch(self, session: aiohttp.ClientSession) -> bool:
         now = time.monotonic()
-        self._allowance = min(REFETCH_BURST, self._allowance + (now - self._allowance_at) / REFETCH_EVERY_SECONDS)
+        self._allowance = min(
+            REFETCH_BURST, self._allowance + (now - self._allowance_at) / REFETCH_EVERY_SECONDS
+        )
         self._allowance_at = now
         if self._allowance < 1:
             return False
@@ -86,12 +87,8 @@ class Jwks:
         return True
 
     async def keep_fresh(self, session: aiohttp.ClientSession, every: float, stop: asyncio.Event) -> None:
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                await self.fetch(session)
-                delay = every
-            except Exception as exc:
-                log.warning("key set fetch failed; retrying", url=self.url, error=str(exc), retry_in=delay)
-                delay = min(max(delay * 2, 0.5), 10.0) if not self.loaded else every
-            await wait_for(stop, delay)
+        """Refetch the key set every `every` seconds until `stop`; a failed fetch is retried
+        after 0.5 s doubling up to 10 s, whether or not keys are already loaded."""
+        await retry.run_forever(
+            retry.Backoff("jwks.refresh", base=0.5, cap=10.0), lambda: self.fetch(session), stop, idle=every
+        )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 from prognetwork.kit.tracing import log_ids
 
@@ -15,26 +17,26 @@ REDACTED_KEYS = frozenset(
 )
 
 
-def _redact(_, __, event: dict) -> dict:
+def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in event.keys() & REDACTED_KEYS:
         event[key] = "[redacted]"
     return event
 
 
-class _StdoutHandler(logging.StreamHandler):
+class _StdoutHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever `sys.stdout` is at the time (it may be replaced after start-up)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stdout
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
 def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -9,7 +9,9 @@ from prometheus_client import Counter, Gauge, Histogram
 LABELS = ("service", "method", "route", "status")
 
 REQUEST_DURATION = Histogram(
-    "http_request_duration_seconds", "Time to answer an HTTP request.", LABELS,
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    LABELS,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 REQUESTS = Counter("requests", "HTTP requests answered.", LABELS)
@@ -34,6 +36,8 @@ def watch_pools(service: str, engine: Any | None, redis: Any | None) -> None:
         connections = redis.connection_pool
         # redis-py keeps these as private sets/lists; absent in another version means 0, not a crash.
         REDIS_POOL.labels(service, "in_use").set_function(
-            lambda: len(getattr(connections, "_in_use_connections", ())))
+            lambda: len(getattr(connections, "_in_use_connections", ()))
+        )
         REDIS_POOL.labels(service, "idle").set_function(
-            lambda: len(getattr(connections, "_available_connections", ())))
+            lambda: len(getattr(connections, "_available_connections", ()))
+        )

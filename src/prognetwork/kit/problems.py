@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sysconfig
 import traceback
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,63 @@ class Problem(Exception):
         self.extensions = extensions
 
 
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One kind of problem in a catalogue: its status, its `type` slug and title, declared once.
+
+    Calling it makes the `Problem` to raise: `raise INVALID_TOKEN("the token expired.")`.
+    Routes list the types they may answer with in `responses=problem_responses(...)`, so the
+    OpenAPI document (and /docs) shows every problem a client must handle.
+    """
+
+    status: int
+    kind: str
+    title: str
+
+    def __call__(self, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any) -> Problem:
+        return Problem(self.status, detail, kind=self.kind, title=self.title, headers=headers, **extensions)
+
+
+# The kinds every service shares (each service's own are in its problems.py).
+INVALID_REQUEST = ProblemType(422, "invalid-request", "The request is invalid")
+MALFORMED_REQUEST = ProblemType(400, "invalid-request", "The request is malformed")
+UNAUTHENTICATED = ProblemType(401, "unauthenticated", "An access token is required")
+INVALID_TOKEN = ProblemType(401, "invalid-token", "The access token is not valid")
+BODY_TOO_LARGE = ProblemType(413, "body-too-large", "The request body is too large")
+DEPENDENCY_UNAVAILABLE = ProblemType(503, "dependency-unavailable", "A dependency is unavailable")
+REVOCATION_CHECK_UNAVAILABLE = ProblemType(503, "revocation-check-unavailable", "Sessions cannot be checked")
+NOT_READY = ProblemType(503, "not-ready", "Not ready")
+INVALID_VALUE = ProblemType(400, "invalid-value", "A value cannot be stored")
+AUTHENTICATED = (UNAUTHENTICATED, INVALID_TOKEN, REVOCATION_CHECK_UNAVAILABLE)
+
+
+def problem_responses(*types: ProblemType) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route: each status with the problem kinds it may carry."""
+    by_status: dict[int, list[ProblemType]] = {}
+    for problem_type in (*types, INVALID_REQUEST, DEPENDENCY_UNAVAILABLE):
+        by_status.setdefault(problem_type.status, []).append(problem_type)
+    return {
+        status: {
+            "description": "; ".join(dict.fromkeys(f"{t.title} ({t.kind})" for t in kinds)),
+            "content": {MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status, kinds in sorted(by_status.items())
+    }
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+
+
 def problem_response(
     status: int,
     detail: str,
@@ -89,8 +147,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(
-            exc.status, exc.detail, kind=exc.kind, title=exc.title,
-            instance=request.url.path, headers=exc.headers, **exc.extensions,
+            exc.status,
+            exc.detail,
+            kind=exc.kind,
+            title=exc.title,
+            instance=request.url.path,
+            headers=exc.headers,
+            **exc.extensions,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -107,14 +170,20 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, detail, fields = _validation_detail(list(exc.errors()))
-        extra = {"errors": fields} if fields else {}
-        return problem_response(status, detail, kind="invalid-request", instance=request.url.path, **extra)
+        if fields:
+            return problem_response(
+                status, detail, kind="invalid-request", instance=request.url.path, errors=fields
+            )
+        return problem_response(status, detail, kind="invalid-request", instance=request.url.path)
 
     async def _outage(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable", path=request.url.path, error=type(exc).__name__)
         return problem_response(
-            503, "A service this request depends on is unavailable; nothing was changed. Retry shortly.",
-            kind="dependency-unavailable", instance=request.url.path, headers={"Retry-After": RETRY_AFTER_SECONDS},
+            503,
+            "A service this request depends on is unavailable; nothing was changed. Retry shortly.",
+            kind="dependency-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
 
     for outage in OUTAGES:
@@ -131,14 +200,21 @@ def install(app: FastAPI) -> None:
         # The application's frames say where; the driver's own frames below them do not.
         ours = [f for f in frames if f.filename.startswith(_OURS) or not f.filename.startswith(_LIBRARIES)]
         where = [f"{f.filename}:{f.lineno} in {f.name}" for f in ours or frames]
-        fields = dict(path=request.url.path, sqlstate=sqlstate, error=type(exc.orig).__name__,
-                      statement=(exc.statement or "")[:500], stack=where[-LOGGED_FRAMES:])
+        fields = dict(
+            path=request.url.path,
+            sqlstate=sqlstate,
+            error=type(exc.orig).__name__,
+            statement=(exc.statement or "")[:500],
+            stack=where[-LOGGED_FRAMES:],
+        )
         if sqlstate.startswith(DATA_EXCEPTION_CLASS):
             # Input that got past validation at the edge: the caller's to fix, not a server fault.
             log.warning("database rejected a value", **fields)
             return problem_response(
-                400, "A value in this request cannot be stored; nothing was changed.",
-                kind="invalid-value", instance=request.url.path,
+                400,
+                "A value in this request cannot be stored; nothing was changed.",
+                kind="invalid-value",
+                instance=request.url.path,
             )
         log.error("unhandled database error", **fields)
         return problem_response(

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from prognetwork.kit import tokens
 from prognetwork.kit.auth import invalid_token
-from prognetwork.kit.problems import Problem
+from prognetwork.kit.problems import REVOCATION_CHECK_UNAVAILABLE
 
 log = structlog.get_logger("prognetwork.revocation")
 KEY_PREFIX = "auth:revoked:"
@@ -53,27 +53,33 @@ class Revocations:
                 pipe.set(KEY_PREFIX + sid, "1", ex=ttl)
             await pipe.execute()
 
+    async def is_revoked(self, sid: str) -> bool | None:
+        """Whether the session was signed out; None when Redis cannot say (see the module's policy)."""
+        if time.monotonic() < self._skip_until:
+            return None
+        try:
+            return bool(await self.redis.exists(KEY_PREFIX + sid))
+        except (RedisError, OSError) as exc:
+            self._skip_until = time.monotonic() + BREAKER_SECONDS
+            log.warning("revocation set unavailable", error=type(exc).__name__)
+            return None
+
     async def ensure_active(self, claims: dict[str, Any], method: str) -> None:
         """Raise a 401 problem if the token's session was signed out (503 when that cannot be known)."""
         sid = claims.get("sid")
         if not isinstance(sid, str) or not sid:
             raise invalid_token("it names no session")
-        if time.monotonic() >= self._skip_until:
-            try:
-                revoked = await self.redis.exists(KEY_PREFIX + sid)
-            except (RedisError, OSError) as exc:
-                self._skip_until = time.monotonic() + BREAKER_SECONDS
-                log.warning("revocation set unavailable", error=type(exc).__name__)
-            else:
-                if revoked:
-                    REVOKED_SEEN.inc()
-                    raise invalid_token("its session has been signed out")
-                return
+        revoked = await self.is_revoked(sid)
+        if revoked:
+            REVOKED_SEEN.inc()
+            raise invalid_token("its session has been signed out")
+        if revoked is False:
+            return
         if method in SAFE_METHODS:
             UNCHECKED.labels("allowed").inc()
             return
         UNCHECKED.labels("refused").inc()
-        raise Problem(
-            503, "Signed-out sessions cannot be checked right now, so changes are paused; retry shortly.",
-            kind="revocation-check-unavailable", headers={"Retry-After": "1"},
+        raise REVOCATION_CHECK_UNAVAILABLE(
+            "Signed-out sessions cannot be checked right now, so changes are paused; retry shortly.",
+            headers={"Retry-After": "1"},
         )

@@ -82,7 +82,9 @@ class Secrets:
 
 class MissingSecret(RuntimeError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"secret {name} is not set (environment variable, {name}_FILE, or secrets directory)")
+        super().__init__(
+            f"secret {name} is not set (environment variable, {name}_FILE, or secrets directory)"
+        )
         self.name = name
 
 

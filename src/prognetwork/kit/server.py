@@ -28,13 +28,17 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import RequestResponseCycle as H11Cycle
+from uvicorn.server import ServerState
 
 from prognetwork.kit import problems
 from prognetwork.kit.app import OPS_PATHS
@@ -43,9 +47,11 @@ from prognetwork.kit.settings import Settings
 try:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as HttpToolsCycle
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it; h11 below otherwise
-    httptools = None
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    HAS_HTTPTOOLS = False
+else:
+    HAS_HTTPTOOLS = True
 
 log = structlog.get_logger("prognetwork.server")
 access_log = structlog.get_logger("prognetwork.access")
@@ -60,7 +66,7 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Any, drain_seconds: float) -> None:
         super().__init__(config)
-        self.runtime = app.state.runtime
+        self.lifecycle = app.state.lifecycle
         self.drain_seconds = drain_seconds
         self._drain_timer: threading.Timer | None = None
 
@@ -72,7 +78,7 @@ class DrainingServer(uvicorn.Server):
                 self.force_exit = True
             self.should_exit = True
             return
-        self.runtime.draining = True
+        self.lifecycle.draining = True
         delay = self.drain_seconds if sig == signal.SIGTERM else 0.0
         log.info("shutdown requested; draining", signal=signal.Signals(sig).name, drain_seconds=delay)
         if delay <= 0:
@@ -92,23 +98,25 @@ class DrainingServer(uvicorn.Server):
 class PortSplit:
     """ASGI: operational paths on the ops port only, everything else on the API port only."""
 
-    def __init__(self, app: Any, api_port: int, ops_port: int) -> None:
+    def __init__(self, app: ASGIApp, api_port: int, ops_port: int) -> None:
         self.app = app
         self.api_port = api_port
         self.ops_port = ops_port
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        server = scope.get("server") if scope["type"] in ("http", "websocket") else None
-        if server and server[1] in (self.api_port, self.ops_port):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            server = scope.get("server")
+            # Fails closed: a connection whose local port is unknown counts as the API port.
+            on_ops_port = server[1] == self.ops_port if server else False
             path = scope["path"]
             operational = path in OPS_PATHS or path.rstrip("/") in OPS_PATHS
-            if operational != (server[1] == self.ops_port):
+            if operational != on_ops_port:
                 await _not_here(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def _not_here(scope: dict, receive: Any, send: Any) -> None:
+async def _not_here(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
@@ -127,7 +135,7 @@ class ServerConfig(uvicorn.Config):
     def __init__(self, app: Any, *, max_header_bytes: int, max_header_count: int, **kwargs: Any) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_header_count = max_header_count
-        kwargs.setdefault("http", BoundedHttpToolsProtocol if httptools is not None else BoundedH11Protocol)
+        kwargs.setdefault("http", BoundedHttpToolsProtocol if HAS_HTTPTOOLS else BoundedH11Protocol)
         super().__init__(app, h11_max_incomplete_event_size=max_header_bytes, **kwargs)
         self.head_refusals = {
             "bytes": _problem_body(f"The request line and headers exceed {max_header_bytes} bytes."),
@@ -143,12 +151,30 @@ class _HeadLimitExceeded(Exception):
     """Raised in a parser callback: stops httptools before it buffers any more of the head."""
 
 
+class _Cycle(Protocol):
+    """A request's response cycle, in either protocol (each has its own class)."""
+
+    response_complete: bool
+
+
 class _RefusesHeads:
     """The answer both protocols give a head past the limits: 431 problem+json, then no more
     requests on that connection. Requests that came before it on the connection (pipelined) are
-    answered first, so the refusal waits for their responses."""
+    answered first, so the refusal waits for their responses.
 
+    A protocol using it calls `_after_response` from on_response_complete and `_stop_lingering`
+    from connection_lost."""
+
+    # The uvicorn protocol's attributes this uses; both protocols type these alike.
+    client: tuple[str, int] | None
+    server_state: ServerState
+    transport: asyncio.Transport
+    flow: FlowControl
+    loop: asyncio.AbstractEventLoop
+    # Typed differently by the two protocols: each subclass declares them again with its own types.
     config: ServerConfig
+    cycle: _Cycle | None  # None until the first request
+    # Set by each protocol's __init__.
     _refused: str | None  # which limit: "bytes" or "count"
     _answered: bool
     _linger: asyncio.TimerHandle | None
@@ -157,41 +183,40 @@ class _RefusesHeads:
         if self._refused:
             return
         self._refused = limit
-        client = self.client[0] if self.client else None  # type: ignore[attr-defined]
+        client = self.client[0] if self.client else None
         log.warning("request head refused", limit=limit, client=client)
         self._answer_refusal()
 
     def _answer_refusal(self) -> None:
-        cycle = self.cycle  # type: ignore[attr-defined]
+        cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            return  # on_response_complete comes back here
+            return  # _after_response comes back here
         self._answered = True
         body = self.config.head_refusals[self._refused or "bytes"]
         head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
-        for name, value in self.server_state.default_headers:  # type: ignore[attr-defined]
+        for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head += [b"content-type: ", problems.MEDIA_TYPE.encode(), b"\r\n",
-                 b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]
-        transport = self.transport  # type: ignore[attr-defined]
+        head += [b"content-type: ", problems.MEDIA_TYPE.encode(), b"\r\n"]
+        head += [b"content-length: ", str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body]
+        transport = self.transport
         transport.write(b"".join(head))
         if transport.can_write_eof():
             transport.write_eof()
-        self.flow.resume_reading()  # type: ignore[attr-defined]
-        self._linger = self.loop.call_later(REFUSED_LINGER_SECONDS, transport.close)  # type: ignore[attr-defined]
+        self.flow.resume_reading()
+        self._linger = self.loop.call_later(REFUSED_LINGER_SECONDS, transport.close)
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # type: ignore[misc]
-        if self._refused and not self._answered and not self.transport.is_closing():  # type: ignore[attr-defined]
+    def _after_response(self) -> None:
+        """A refusal that waited for the responses before it is answered once they are sent."""
+        if self._refused and not self._answered and not self.transport.is_closing():
             self._answer_refusal()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _stop_lingering(self) -> None:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        super().connection_lost(exc)  # type: ignore[misc]
 
 
-if HttpToolsProtocol is not None:
+if HAS_HTTPTOOLS:
 
     class BoundedHttpToolsProtocol(_RefusesHeads, HttpToolsProtocol):
         """uvicorn's httptools protocol, counting the head as it arrives.
@@ -204,6 +229,9 @@ if HttpToolsProtocol is not None:
         chunked body's trailers are buffered the same way: whole reads that yield no body bytes
         (framing, trailers) are counted against the same limit.
         """
+
+        config: ServerConfig  # uvicorn hands the protocol the config it was given: ours
+        cycle: HttpToolsCycle
 
         def __init__(self, config: ServerConfig, *args: Any, **kwargs: Any) -> None:
             super().__init__(config, *args, **kwargs)
@@ -232,7 +260,7 @@ if HttpToolsProtocol is not None:
                     piece, rest = rest[:room], rest[room:]
                     self._head_fed += len(piece)
                 else:
-                    piece, rest = rest, rest[len(rest):]
+                    piece, rest = rest, rest[len(rest) :]
                     self._body_seen = False
                 in_body = not self._in_head
                 try:
@@ -297,6 +325,14 @@ if HttpToolsProtocol is not None:
             self._head_fed = 0
             self._not_body = 0
 
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._after_response()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_lingering()
+            super().connection_lost(exc)
+
         def _grow(self, size: int) -> None:
             self._head_size += size
             if self._head_size > self.config.max_header_bytes:
@@ -329,6 +365,10 @@ class _CountingConnection(h11.Connection):
 class BoundedH11Protocol(_RefusesHeads, H11Protocol):
     """uvicorn's h11 protocol with the same limits and the same 431 answer."""
 
+    config: ServerConfig  # uvicorn hands the protocol the config it was given: ours
+    cycle: H11Cycle
+    conn: _CountingConnection
+
     def __init__(self, config: ServerConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.conn = _CountingConnection(config.max_header_bytes, config.max_header_count)
@@ -346,6 +386,14 @@ class BoundedH11Protocol(_RefusesHeads, H11Protocol):
             self._refuse_head(self.conn.exceeded)
             return
         super().send_400_response(msg)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._after_response()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_lingering()
+        super().connection_lost(exc)
 
 
 # --- serving --------------------------------------------------------------------------------

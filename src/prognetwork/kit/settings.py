@@ -1,95 +1,34 @@
-"""One typed settings object per process, loaded from the environment.
+"""The settings every process shares, loaded from the environment; each service extends them.
 
 `PROG_ENV` selects the environment. Development works with no configuration at all;
 staging and production refuse to start until `problems()` is empty, and it lists every
-problem at once so an operator fixes them in one pass.
+problem at once so an operator fixes them in one pass. A service's own settings live in its
+package (`<service>/settings.py`, a subclass adding fields and `own_problems()`); what it needs
+from outside (PostgreSQL, Redis, secrets) is on its `ServiceSpec`, which `problems()` is given.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from prognetwork.kit.secrets import Secrets, build_secrets
 
 Environment = Literal["development", "staging", "production"]
 
-# Default port of each service; `PORT` overrides it for a single process (containers).
-SERVICE_PORTS: dict[str, int] = {
-    "gateway": 8000,
-    "users": 3007,
-    "notifications": 3004,
-    "streaming": 8001,
-}
-# The port of each service's operational endpoints (/health, /readiness, /metrics, /docs,
-# /openapi.json), apart from its API so only probes and Prometheus reach them; `OPS_PORT`
-# overrides it for a single process. The API port + 1000 (billing 4003 and admin 4000 to come).
-SERVICE_OPS_PORTS: dict[str, int] = {name: port + 1000 for name, port in SERVICE_PORTS.items()}
-
-# What each service needs from the outside world, for readiness and for validation.
-SERVICE_DEPENDENCIES: dict[str, frozenset[str]] = {
-    "users": frozenset({"postgres", "redis"}),
-    "notifications": frozenset({"postgres"}),
-    "gateway": frozenset({"redis"}),
-    # Redis holds the signed-out sessions every verifier checks.
-    "streaming": frozenset({"postgres", "redis"}),
-}
-
-# Secrets each service reads through the secrets provider (never from plain settings).
-SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
-    "users": ("JWT_SIGNING_KEYS",),
-    "notifications": ("SENDGRID_API_KEY",),
-}
-
 # Values that mean "somebody forgot to set this": refused outside development.
-PLACEHOLDER = re.compile(r"\b(change-?me|placeholder|example|dummy|todo|xxx+)\b|\.\.\.|^(sg\.test|pk_test|sk_test)")
+PLACEHOLDER = re.compile(
+    r"\b(change-?me|placeholder|example|dummy|todo|xxx+)\b|\.\.\.|^(sg\.test|pk_test|sk_test)"
+)
 WEAK_DB_PASSWORDS = {"", "postgres", "password", "secret", "admin"}
-
-class Route(BaseModel):
-    """One line of the gateway's route table: a path prefix and where it goes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prefix: str = Field(pattern=r"^/")
-    upstream: str
-    public: bool = False  # no access token needed
-    limit: str = "default"  # rate-limit group
-    stream: bool = False  # long-lived responses (SSE): no read timeout
-    strip_prefix: str = "/api"  # /api/v1/x → upstream /v1/x
-
-
-class RateLimit(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    requests: int = Field(gt=0)
-    window_seconds: int = Field(gt=0)
-
-
-DEFAULT_ROUTES = [
-    Route(prefix="/api/v1/auth/register", upstream="users", public=True, limit="auth"),
-    Route(prefix="/api/v1/auth/login", upstream="users", public=True, limit="auth"),
-    Route(prefix="/api/v1/auth/refresh", upstream="users", public=True, limit="auth"),
-    Route(prefix="/api/v1/auth/verify-email", upstream="users", public=True, limit="auth"),
-    Route(prefix="/api/v1/auth", upstream="users"),
-    Route(prefix="/api/v1/users", upstream="users"),
-    Route(prefix="/api/v1/events/stream", upstream="streaming", stream=True),
-    Route(prefix="/api/v1/events", upstream="streaming"),
-    Route(prefix="/.well-known/jwks.json", upstream="users", public=True, limit="anonymous", strip_prefix=""),
-]
-# Development only: the email outbox, so a newcomer needs nothing but the gateway's port.
-DEVELOPMENT_ROUTES = [Route(prefix="/api/v1/dev", upstream="notifications", public=True, limit="anonymous")]
-DEFAULT_RATE_LIMITS = {
-    "auth": RateLimit(requests=30, window_seconds=60),
-    "anonymous": RateLimit(requests=300, window_seconds=60),
-    "default": RateLimit(requests=1200, window_seconds=60),
-}
 
 DEV_DATABASE_URL = "postgresql://localhost:5432/prog_dev"
 DEV_REDIS_URL = "redis://localhost:6379/0"
@@ -109,60 +48,17 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", alias="LOG_FORMAT")
 
-    # Where links in emails point (the admin web client) and who issues tokens.
-    app_url: str = Field("http://localhost:3000", alias="APP_URL")
+    # Who issues access tokens, for whom, and where verifiers fetch the issuer's public keys.
     jwt_issuer: str = Field("http://localhost:8000", alias="JWT_ISSUER")
     jwt_audience: str = Field("prognetwork", alias="JWT_AUDIENCE")
-    access_token_ttl_seconds: int = Field(900, alias="ACCESS_TOKEN_TTL_SECONDS", ge=30, le=3600)
-    refresh_token_ttl_seconds: int = Field(30 * 86400, alias="REFRESH_TOKEN_TTL_SECONDS", ge=300)
-    email_token_ttl_seconds: int = Field(86400, alias="EMAIL_TOKEN_TTL_SECONDS", ge=60)
-
-    # Login throttling (the policy is in README "Sign-in protection"): failures per account from one
-    # address or one known device, failures per account from all unknown devices together,
-    # attempts per client address, and how long a known device stays known.
-    login_failures_per_account: int = Field(5, alias="LOGIN_FAILURES_PER_ACCOUNT", ge=1)
-    login_failures_per_account_unknown_devices: int = Field(
-        20, alias="LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES", ge=1
-    )
-    login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS", ge=1)
-    login_attempts_per_address: int = Field(30, alias="LOGIN_ATTEMPTS_PER_ADDRESS", ge=1)
-    login_address_window_seconds: int = Field(300, alias="LOGIN_ADDRESS_WINDOW_SECONDS", ge=1)
-    device_token_ttl_seconds: int = Field(90 * 86400, alias="DEVICE_TOKEN_TTL_SECONDS", ge=3600)
-    password_reset_ttl_seconds: int = Field(3600, alias="PASSWORD_RESET_TTL_SECONDS", ge=60, le=86400)
-    # A registration never verified is deleted after this long (its address is free again before that:
-    # registering it anew replaces the unverified account).
-    unverified_account_ttl_seconds: int = Field(7 * 86400, alias="UNVERIFIED_ACCOUNT_TTL_SECONDS", ge=3600)
-
-    email_from: str = Field("ProgNetwork <no-reply@prognetwork.dev>", alias="EMAIL_FROM")
-    email_max_attempts: int = Field(8, alias="EMAIL_MAX_ATTEMPTS", ge=1)
-    sendgrid_host: str = Field("https://api.sendgrid.com", alias="SENDGRID_HOST")
-    stripe_publishable_key: str = Field("pk_test_development", alias="STRIPE_PUBLISHABLE_KEY")
+    jwks_url: str = Field("http://127.0.0.1:3007/.well-known/jwks.json", alias="JWKS_URL")
+    jwks_refresh_seconds: float = Field(300.0, alias="JWKS_REFRESH_SECONDS", gt=0)
 
     secrets_backend: Literal["env", "file"] = Field("env", alias="SECRETS_BACKEND")
     secrets_dir: Path = Field(Path("/run/secrets/prognetwork"), alias="SECRETS_DIR")
     secrets_cache_ttl_seconds: float = Field(300.0, alias="SECRETS_CACHE_TTL_SECONDS", ge=0)
 
-    # API gateway: where upstreams live and which paths go where (first matching prefix wins).
-    users_url: str = Field("http://127.0.0.1:3007", alias="USERS_URL")
-    streaming_url: str = Field("http://127.0.0.1:8001", alias="STREAMING_URL")
-    notifications_url: str = Field("http://127.0.0.1:3004", alias="NOTIFICATIONS_URL")
-    gateway_upstreams: dict[str, str] = Field(default_factory=dict, alias="GATEWAY_UPSTREAMS")
-    gateway_routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES), alias="GATEWAY_ROUTES")
-    gateway_rate_limits: dict[str, RateLimit] = Field(
-        default_factory=lambda: dict(DEFAULT_RATE_LIMITS), alias="GATEWAY_RATE_LIMITS"
-    )
-    upstream_connect_timeout_seconds: float = Field(2.0, alias="UPSTREAM_CONNECT_TIMEOUT_SECONDS", gt=0)
-    upstream_timeout_seconds: float = Field(30.0, alias="UPSTREAM_TIMEOUT_SECONDS", gt=0)
-    jwks_refresh_seconds: float = Field(300.0, alias="JWKS_REFRESH_SECONDS", gt=0)
-
     max_body_bytes: int = Field(1 << 20, alias="MAX_BODY_BYTES", ge=1024)
-
-    # Event streaming: SSE keep-alive comments, frames a subscriber may fall behind before it is
-    # cut off, largest payload a producer may publish, and the poll behind LISTEN/NOTIFY.
-    stream_heartbeat_seconds: float = Field(15.0, alias="STREAM_HEARTBEAT_SECONDS", gt=0)
-    stream_queue_limit: int = Field(1000, alias="STREAM_QUEUE_LIMIT", ge=1)
-    stream_max_payload_bytes: int = Field(64 * 1024, alias="STREAM_MAX_PAYLOAD_BYTES", ge=1)
-    stream_poll_seconds: float = Field(2.0, alias="STREAM_POLL_SECONDS", gt=0)
 
     # Graceful shutdown: after SIGTERM readiness fails at once; the listener keeps accepting
     # for `drain` seconds so load balancers notice, then in-flight work gets `timeout` seconds.
@@ -176,27 +72,6 @@ class Settings(BaseSettings):
     # Request line + headers: refused with 431 while being parsed, past either limit.
     max_header_bytes: int = Field(32 * 1024, alias="MAX_HEADER_BYTES", ge=1024, le=1 << 20)
     max_header_count: int = Field(100, alias="MAX_HEADER_COUNT", ge=10, le=1000)
-
-    @model_validator(mode="after")
-    def _routes_are_resolvable(self) -> Settings:
-        for route in self.routes:
-            if route.upstream not in self.upstreams:
-                raise ValueError(f"route {route.prefix} names unknown upstream {route.upstream!r}")
-            if route.limit not in self.gateway_rate_limits:
-                raise ValueError(f"route {route.prefix} names unknown rate-limit group {route.limit!r}")
-        return self
-
-    @property
-    def upstreams(self) -> dict[str, str]:
-        defaults = {"users": self.users_url, "streaming": self.streaming_url, "notifications": self.notifications_url}
-        return {**defaults, **self.gateway_upstreams}
-
-    @property
-    def routes(self) -> list[Route]:
-        """The gateway's route table: GATEWAY_ROUTES, or the defaults (plus development's)."""
-        if "gateway_routes" in self.model_fields_set or not self.is_development:
-            return self.gateway_routes
-        return self.gateway_routes + DEVELOPMENT_ROUTES
 
     @property
     def trusted_proxies(self) -> list[str]:
@@ -218,7 +93,7 @@ class Settings(BaseSettings):
         url = self.database_url.get_secret_value() if self.database_url else DEV_DATABASE_URL
         for prefix in ("postgresql+asyncpg://", "postgres://"):
             if url.startswith(prefix):
-                return "postgresql://" + url[len(prefix):]
+                return "postgresql://" + url[len(prefix) :]
         return url
 
     @property
@@ -229,12 +104,12 @@ class Settings(BaseSettings):
     def secrets(self) -> Secrets:
         return build_secrets(self.secrets_backend, self.secrets_dir, self.secrets_cache_ttl_seconds)
 
-    def problems(self, services: list[str] | None = None) -> list[str]:
-        """Everything that makes this configuration unfit for its environment."""
-        services = services if services is not None else list(SERVICE_PORTS)
+    def problems(self, needs: Iterable[str] = (), secrets: Iterable[str] = ()) -> list[str]:
+        """Everything that makes this configuration unfit for its environment, for a service that
+        needs `needs` (postgres, redis) and reads `secrets` (see its ServiceSpec)."""
         if self.is_development:
             return []
-        needs = set().union(*(SERVICE_DEPENDENCIES.get(s, frozenset()) for s in services))
+        needs = set(needs)
         found: list[str] = []
         if self.debug:
             found.append("PROG_DEBUG must be off outside development")
@@ -244,19 +119,25 @@ class Settings(BaseSettings):
             found += _database_problems(self.database_url, self.env)
         if "redis" in needs:
             found += _redis_problems(self.redis_url, self.env)
-        for name in ("APP_URL", "JWT_ISSUER"):
-            value = getattr(self, name.lower())
-            if not value.startswith("https://"):
-                found.append(f"{name} must be an https:// URL outside development (got {value!r})")
-            elif any(m in value.lower() for m in ("localhost", "127.0.0.1")):
-                found.append(f"{name} must not point at localhost outside development")
+        found += https_problems("JWT_ISSUER", self.jwt_issuer)
         found += _forwarded_problems(self.trusted_proxies)
-        if "billing" in services and self.env == "production" and not self.stripe_publishable_key.startswith("pk_live_"):
-            found.append("STRIPE_PUBLISHABLE_KEY must be a live key (pk_live_…) in production")
-        for service in services:
-            for secret in SERVICE_SECRETS.get(service, ()):
-                found += _secret_problems(self.secrets, secret)
+        found += self.own_problems()
+        for secret in secrets:
+            found += _secret_problems(self.secrets, secret)
         return found
+
+    def own_problems(self) -> list[str]:
+        """A service's settings add the checks of their own fields here (outside development only)."""
+        return []
+
+
+def https_problems(name: str, value: str) -> list[str]:
+    """A public URL outside development: https, and not this machine."""
+    if not value.startswith("https://"):
+        return [f"{name} must be an https:// URL outside development (got {value!r})"]
+    if any(m in value.lower() for m in ("localhost", "127.0.0.1")):
+        return [f"{name} must not point at localhost outside development"]
+    return []
 
 
 def _database_problems(url: SecretStr | None, env: str) -> list[str]:
@@ -278,8 +159,10 @@ def _database_problems(url: SecretStr | None, env: str) -> list[str]:
 
 def _forwarded_problems(trusted: list[str]) -> list[str]:
     if not trusted:
-        return ["FORWARDED_ALLOW_IPS is required outside development: the proxy addresses or CIDR ranges "
-                "whose X-Forwarded-For is believed (the gateway's: the edge proxy's; the services': the gateway's)"]
+        return [
+            "FORWARDED_ALLOW_IPS is required outside development: the proxy addresses or CIDR ranges "
+            "whose X-Forwarded-For is believed (the gateway's: the edge proxy's; the services': the gateway's)"
+        ]
     found = []
     for entry in trusted:
         try:
@@ -291,7 +174,9 @@ def _forwarded_problems(trusted: list[str]) -> list[str]:
                 found.append(f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or a CIDR range")
             continue
         if network.prefixlen == 0:
-            found.append(f"FORWARDED_ALLOW_IPS must not trust {entry}: every client could pick its own address")
+            found.append(
+                f"FORWARDED_ALLOW_IPS must not trust {entry}: every client could pick its own address"
+            )
     return found
 
 

@@ -43,7 +43,9 @@ class Counter:
 
     async def peek(self, key: str) -> Window:
         async with self.redis.pipeline(transaction=False) as pipe:
-            count, ttl_ms = await pipe.get(key).pttl(key).execute()
+            pipe.get(key)
+            pipe.pttl(key)
+            count, ttl_ms = await pipe.execute()
         return Window(int(count or 0), max(1, -(-max(int(ttl_ms), 0) // 1000)))
 
     async def undo(self, *keys: str) -> None:

@@ -46,8 +46,13 @@ def verify(token: str, key_for: Callable[[str], Any | None], issuer: str, audien
         raise UnknownKey("token signed by an unknown key")
     try:
         return jwt.decode(
-            token, key, algorithms=[ALGORITHM], audience=audience, issuer=issuer,
-            leeway=LEEWAY_SECONDS, options={"require": REQUIRED_CLAIMS},
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=issuer,
+            leeway=LEEWAY_SECONDS,
+            options={"require": REQUIRED_CLAIMS},
         )
     except jwt.ExpiredSignatureError as exc:
         raise InvalidToken("token expired") from exc

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context, propagate, trace
+from structlog.typing import EventDict, WrappedLogger
 
 _enabled = False
 tracer = trace.get_tracer("prognetwork")
@@ -25,8 +26,9 @@ def enabled() -> bool:
 
 
 def wanted() -> bool:
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    return bool(endpoint) and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
+    env = os.environ
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return bool(endpoint) and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
 
 
 def configure(service: str) -> bool:
@@ -41,7 +43,10 @@ def configure(service: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    attributes = {"service.name": os.environ.get("OTEL_SERVICE_NAME", service), "service.namespace": "prognetwork"}
+    attributes = {
+        "service.name": os.environ.get("OTEL_SERVICE_NAME", service),
+        "service.namespace": "prognetwork",
+    }
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
@@ -105,11 +110,13 @@ def continued(name: str, traceparent: str | None, **attributes: Any) -> Iterator
         yield
         return
     parent = propagate.extract({"traceparent": traceparent}) if traceparent else context.get_current()
-    with tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes):
+    with tracer.start_as_current_span(
+        name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
+    ):
         yield
 
 
-def log_ids(_, __, event: dict) -> dict:
+def log_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """structlog processor: trace_id and span_id of the current span, when there is one."""
     if _enabled:
         span_context = trace.get_current_span().get_span_context()

@@ -49,7 +49,14 @@ _ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def _describe(char: str) -> str:
-    names = {"\x00": "NUL", "\t": "tab", "\n": "line feed", "\r": "carriage return", "\x7f": "DEL", " ": "space"}
+    names = {
+        "\x00": "NUL",
+        "\t": "tab",
+        "\n": "line feed",
+        "\r": "carriage return",
+        "\x7f": "DEL",
+        " ": "space",
+    }
     if char in names:
         return f"{names[char]} (U+{ord(char):04X})"
     if char < " ":
@@ -98,7 +105,9 @@ def check_token(value: str, *, spaces: bool = False) -> str:
     pattern, lowest = (_PRINTABLE_ASCII_AND_SPACE, " ") if spaces else (_PRINTABLE_ASCII, "\x21")
     if pattern.fullmatch(value) is None:
         bad = next(c for c in value if not lowest <= c <= "\x7e")
-        raise ValueError(f"must be printable ASCII{'' if spaces else ' without spaces'}; found {_describe(bad)}")
+        raise ValueError(
+            f"must be printable ASCII{'' if spaces else ' without spaces'}; found {_describe(bad)}"
+        )
     return value
 
 

@@ -1,17 +1,20 @@
 """Alembic environment: async engine, one migrator at a time, metadata of every service."""
 
 import asyncio
+import importlib
 
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import prognetwork.kit.events  # noqa: F401  (registers its tables)
-import prognetwork.notifications.models  # noqa: F401
-import prognetwork.streaming.models  # noqa: F401
-import prognetwork.users.models  # noqa: F401
+import prognetwork.kit.events  # noqa: F401  (registers the event log's tables)
 from prognetwork.kit.db import Base, sqlalchemy_url
 from prognetwork.kit.settings import Settings
+from prognetwork.registry import services
+
+for spec in services().values():  # every service's tables, as its spec names them
+    for module in spec.models:
+        importlib.import_module(module)
 
 MIGRATION_LOCK_KEY = 0x6D696772  # several replicas may start at once; one migrates
 

@@ -5,14 +5,18 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 ${imports if imports else ""}
-
-revision = ${repr(up_revision)}
-down_revision = ${repr(down_revision)}
-branch_labels = ${repr(branch_labels)}
-depends_on = ${repr(depends_on)}
+<%!
+    # Written as `ruff format` would (double quotes), so `make lint` passes on a new revision.
+    def quoted(value):
+        return "None" if value is None else '"%s"' % value if isinstance(value, str) else repr(value).replace("'", '"')
+%>
+revision = ${quoted(up_revision)}
+down_revision = ${quoted(down_revision)}
+branch_labels = ${quoted(branch_labels)}
+depends_on = ${quoted(depends_on)}
 
 
 def upgrade() -> None:

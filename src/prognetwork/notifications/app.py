@@ -1,23 +1,35 @@
-"""The notification service (port 3004): emails driven by the event log."""
+"""The notification service's ASGI app: the email consumer, the delivery loop, the dev outbox."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from prognetwork.kit.app import Runtime, create_service_app
+from prognetwork.kit.app import Connections, Lifecycle, create_service_app
+from prognetwork.kit.db import Database
 from prognetwork.kit.events import Consumer
 from prognetwork.kit.secrets import MissingSecret
-from prognetwork.kit.settings import Settings
-from prognetwork.notifications import api, service
+from prognetwork.notifications import SPEC, api, service
 from prognetwork.notifications.email import SENDGRID_SECRET, EmailProvider, OutboxProvider, SendGridProvider
+from prognetwork.notifications.settings import NotificationSettings
 
-SERVICE = "notifications"
 CONSUMER_NAME = "notifications.email"
 
 
-def choose_provider(settings: Settings) -> EmailProvider:
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: NotificationSettings
+    database: Database
+    provider: EmailProvider
+    # Set by the consumer after it commits new messages, so delivery starts without waiting a poll.
+    wake_delivery: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def choose_provider(settings: NotificationSettings) -> EmailProvider:
     if settings.secrets.get(SENDGRID_SECRET) is not None:
         return SendGridProvider(settings.secrets, settings.sendgrid_host)
     if settings.is_development:
@@ -25,24 +37,33 @@ def choose_provider(settings: Settings) -> EmailProvider:
     raise MissingSecret(SENDGRID_SECRET)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    provider = choose_provider(settings)
-    wake_delivery = asyncio.Event()
+async def consume(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    consumer = Consumer(
+        CONSUMER_NAME,
+        runtime.database.sessions,
+        runtime.settings.database_dsn,
+        service.handle_event,
+        types=service.HANDLED_TYPES,
+        after_commit=runtime.wake_delivery.set,
+    )
+    await consumer.run(lifecycle.stop)
 
-    async def consume(runtime: Runtime) -> None:
-        assert runtime.sessions is not None
-        consumer = Consumer(
-            CONSUMER_NAME, runtime.sessions, settings.database_dsn, service.handle_event,
-            types=service.HANDLED_TYPES, after_commit=wake_delivery.set,
-        )
-        await consumer.run(runtime.stop)
 
-    async def deliver(runtime: Runtime) -> None:
-        assert runtime.sessions is not None
-        await service.delivery_loop(runtime.sessions, provider, settings, wake_delivery, runtime.stop)
+async def deliver(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    await service.delivery_loop(
+        runtime.database.sessions, runtime.provider, runtime.settings, runtime.wake_delivery, lifecycle.stop
+    )
+
+
+def create_app(settings: NotificationSettings | None = None) -> FastAPI:
+    settings = settings or NotificationSettings()
+    provider = choose_provider(settings)  # at start: a missing SendGrid key fails here, not at first email
+
+    @asynccontextmanager
+    async def open_runtime(
+        settings: NotificationSettings, connections: Connections
+    ) -> AsyncIterator[Runtime]:
+        yield Runtime(settings, connections.database, provider)
 
     routers = [api.dev_router] if settings.is_development else []
-    app = create_service_app(SERVICE, settings, routers, background=[consume, deliver])
-    app.state.email_provider = provider
-    return app
+    return create_service_app(SPEC, settings, routers, runtime=open_runtime, background=[consume, deliver])

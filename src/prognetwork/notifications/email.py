@@ -43,13 +43,18 @@ class SendGridProvider:
 
     async def send(self, session: AsyncSession, message: EmailMessage, sender: str) -> str:
         mail = Mail(
-            from_email=sender, to_emails=message.recipient, subject=message.subject,
-            plain_text_content=message.text, html_content=message.html,
+            from_email=sender,
+            to_emails=message.recipient,
+            subject=message.subject,
+            plain_text_content=message.text,
+            html_content=message.html,
         )
         # Lets a webhook or support engineer tie SendGrid's record back to ours.
         mail.custom_arg = CustomArg("message_id", str(message.id))
         # Read per send (through the expiring cache) so a rotated key is picked up.
-        client = SendGridAPIClient(api_key=self.secrets.require(SENDGRID_SECRET).get_secret_value(), host=self.host)
+        client = SendGridAPIClient(
+            api_key=self.secrets.require(SENDGRID_SECRET).get_secret_value(), host=self.host
+        )
         try:
             response = await asyncio.to_thread(client.send, mail)
         except HTTPError as exc:
@@ -70,8 +75,12 @@ class OutboxProvider:
         await session.execute(
             insert(DevOutboxMessage)
             .values(
-                id=message.id, recipient=message.recipient, sender=sender, subject=message.subject,
-                text=message.text, html=message.html,
+                id=message.id,
+                recipient=message.recipient,
+                sender=sender,
+                subject=message.subject,
+                text=message.text,
+                html=message.html,
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )

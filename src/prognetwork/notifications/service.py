@@ -20,10 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from prognetwork.kit.events import Event, relay_stop, wait_for
-from prognetwork.kit.settings import Settings
+from prognetwork.kit import retry
+from prognetwork.kit.events import Event
 from prognetwork.notifications.email import DeliveryError, EmailProvider
 from prognetwork.notifications.models import EmailMessage
+from prognetwork.notifications.settings import NotificationSettings
 
 log = structlog.get_logger("prognetwork.notifications")
 EMAILS_SENT = Counter("emails_sent", "Emails delivered to the provider.", ("provider", "kind"))
@@ -101,38 +102,44 @@ async def handle_event(session: AsyncSession, event: Event) -> None:
     await session.execute(
         insert(EmailMessage)
         .values(
-            id=uuid.uuid4(), event_id=event.id, kind=kind, recipient=event.payload["email"],
-            subject=subject, text=text, html=body,
+            id=uuid.uuid4(),
+            event_id=event.id,
+            kind=kind,
+            recipient=event.payload["email"],
+            subject=subject,
+            text=text,
+            html=body,
         )
         .on_conflict_do_nothing(index_elements=["event_id"])
     )
 
 
 def backoff(attempts: int) -> timedelta:
-    base = min(300.0, 2.0 ** attempts)
+    base = min(300.0, 2.0**attempts)
     return timedelta(seconds=base * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
 
 
 async def deliver_due(
-    sessions: async_sessionmaker[AsyncSession], provider: EmailProvider, settings: Settings
+    sessions: async_sessionmaker[AsyncSession], provider: EmailProvider, settings: NotificationSettings
 ) -> int:
     """Send what is due now; returns how many messages were attempted."""
     async with sessions() as session, session.begin():
-        due = (
-            await session.execute(
-                select(EmailMessage)
-                .where(EmailMessage.status == "pending", EmailMessage.next_attempt_at <= datetime.now(UTC))
-                .order_by(EmailMessage.next_attempt_at)
-                .limit(BATCH)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars().all()
+        found = await session.execute(
+            select(EmailMessage)
+            .where(EmailMessage.status == "pending", EmailMessage.next_attempt_at <= datetime.now(UTC))
+            .order_by(EmailMessage.next_attempt_at)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        due = found.scalars().all()
         for message in due:
             await _attempt(session, provider, settings, message)
     return len(due)
 
 
-async def _attempt(session: AsyncSession, provider: EmailProvider, settings: Settings, message: EmailMessage) -> None:
+async def _attempt(
+    session: AsyncSession, provider: EmailProvider, settings: NotificationSettings, message: EmailMessage
+) -> None:
     now = datetime.now(UTC)
     message.attempts += 1
     message.provider = provider.name
@@ -148,8 +155,11 @@ async def _attempt(session: AsyncSession, provider: EmailProvider, settings: Set
         message.next_attempt_at = now + backoff(message.attempts)
         EMAILS_FAILED.labels(provider.name, str(final).lower()).inc()
         log.warning(
-            "email delivery failed", message_id=str(message.id), attempts=message.attempts,
-            final=final, error=message.last_error,
+            "email delivery failed",
+            message_id=str(message.id),
+            attempts=message.attempts,
+            final=final,
+            error=message.last_error,
         )
         return
     message.status = "sent"
@@ -159,21 +169,24 @@ async def _attempt(session: AsyncSession, provider: EmailProvider, settings: Set
 
 
 async def delivery_loop(
-    sessions: async_sessionmaker[AsyncSession], provider: EmailProvider, settings: Settings,
-    wake: asyncio.Event, stop: asyncio.Event, idle_seconds: float = 1.0,
+    sessions: async_sessionmaker[AsyncSession],
+    provider: EmailProvider,
+    settings: NotificationSettings,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+    idle_seconds: float = 1.0,
 ) -> None:
-    failures = 0
-    relay = relay_stop(stop, wake)
-    while not stop.is_set():
-        try:
-            attempted = await deliver_due(sessions, provider, settings)
-            failures = 0
-        except Exception:
-            failures += 1
-            log.exception("delivery pass failed; retrying", attempt=failures)
-            await wait_for(stop, min(30.0, 0.2 * 2**failures))
-            continue
-        if attempted < BATCH:
-            await wait_for(wake, idle_seconds)
-            wake.clear()
-    relay.cancel()
+    """Deliver due messages until `stop`: at once while whole batches are due, otherwise every
+    `idle_seconds` or on `wake`. A failed pass (PostgreSQL down) is retried after 0.2 s doubling
+    up to 10 s, or as soon as `wake` is set: new messages committed prove PostgreSQL is back."""
+
+    async def deliver() -> bool:
+        return await deliver_due(sessions, provider, settings) >= BATCH
+
+    await retry.run_forever(
+        retry.Backoff("notifications.delivery", cap=10.0, traceback=True),
+        deliver,
+        stop,
+        idle=idle_seconds,
+        wake=wake,
+    )

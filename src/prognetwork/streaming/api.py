@@ -5,27 +5,23 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
 
-from prognetwork.kit.app import runtime_of
-from prognetwork.kit.events import wait_for
-from prognetwork.kit.problems import Problem
+from prognetwork.kit.problems import AUTHENTICATED, BODY_TOO_LARGE, MALFORMED_REQUEST, problem_responses
+from prognetwork.kit.retry import wait_for
 from prognetwork.kit.validation import INT64_MAX, Text, ascii_digits_int
-from prognetwork.streaming.hub import Hub
+from prognetwork.streaming import problems, queries
+from prognetwork.streaming.deps import Caller, ReadOnlySession, RuntimeDep, WriteSession
 from prognetwork.streaming.publish import TYPE_PATTERN, PublishIn, check_key, publish
-from prognetwork.streaming.stream import EventStream, fetch_visible
-from prognetwork.streaming.visibility import Viewer, authenticate
+from prognetwork.streaming.stream import EventStream
 
 router = APIRouter(tags=["events"])
-Caller = Annotated[Viewer, Depends(authenticate)]
 TYPE = re.compile(TYPE_PATTERN)
 MAX_TYPES = 50
 MAX_POLL = 500
 READY_WAIT_SECONDS = 5.0
-Types = Annotated[
-    Text | None, Query(max_length=MAX_TYPES * 201, description="Comma-separated event types")
-]
+Types = Annotated[Text | None, Query(max_length=MAX_TYPES * 201, description="Comma-separated event types")]
 
 
 def parse_types(types: str | None) -> frozenset[str] | None:
@@ -35,8 +31,11 @@ def parse_types(types: str | None) -> frozenset[str] | None:
     # fullmatch: `$` in `match` would also accept a trailing newline.
     bad = sorted(t for t in names if len(t) > 200 or not TYPE.fullmatch(t))
     if bad or not names or len(names) > MAX_TYPES:
-        raise Problem(400, f"`types` must be 1 to {MAX_TYPES} comma-separated event types"
-                      + (f"; not event types: {', '.join(bad[:5])}" if bad else "") + ".", kind="invalid-request")
+        raise MALFORMED_REQUEST(
+            f"`types` must be 1 to {MAX_TYPES} comma-separated event types"
+            + (f"; not event types: {', '.join(bad[:5])}" if bad else "")
+            + "."
+        )
     return names
 
 
@@ -47,60 +46,86 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     # Not str.isdigit(): it accepts non-ASCII digits ("١٢") that int() then parses.
     after = ascii_digits_int(value)
     if after is None:
-        raise Problem(400, "Last-Event-ID must be the id of an event this stream sent.", kind="invalid-request")
+        raise MALFORMED_REQUEST("Last-Event-ID must be the id of an event this stream sent.")
     return after
 
 
-@router.get("/v1/events/stream", summary="Server-Sent Events of the events the caller may see")
+@router.get(
+    "/v1/events/stream",
+    summary="Server-Sent Events of the events the caller may see",
+    responses=problem_responses(*AUTHENTICATED, MALFORMED_REQUEST, problems.STREAM_UNAVAILABLE),
+)
 async def stream(
-    request: Request,
+    runtime: RuntimeDep,
     viewer: Caller,
     types: Types = None,
     # Both checked by parse_last_event_id (ASCII digits, at most 2^63-1), which answers 400.
-    last_event_id: Annotated[str | None, Query(description="Resume after this id (or the Last-Event-ID header)")] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="Resume after this id (or the Last-Event-ID header)")
+    ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     wanted = parse_types(types)
     after = parse_last_event_id(last_event_id_header, last_event_id)
-    hub: Hub = request.app.state.hub
+    hub = runtime.hub
     if not hub.ready.is_set():
         await wait_for(hub.ready, READY_WAIT_SECONDS)
     if hub.closed or not hub.ready.is_set():
-        raise Problem(503, "The event stream is not available here right now; reconnect shortly.",
-                      kind="stream-unavailable", headers={"Retry-After": "1"})
-    engine = runtime_of(request).engine
-    assert engine is not None
-    return EventStream(hub, engine, viewer, wanted, after)
+        raise problems.STREAM_UNAVAILABLE(
+            "The event stream is not available here right now; reconnect shortly.",
+            headers={"Retry-After": "1"},
+        )
+    return EventStream(hub, runtime.database.readers, runtime.revocations, viewer, wanted, after)
 
 
-@router.get("/v1/events", summary="The events after a sequence number, for polling clients")
+@router.get(
+    "/v1/events",
+    summary="The events after a sequence number, for polling clients",
+    responses=problem_responses(*AUTHENTICATED, MALFORMED_REQUEST),
+)
 async def poll(
-    request: Request,
+    db: ReadOnlySession,
     viewer: Caller,
     after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_POLL)] = 100,
     types: Types = None,
 ) -> Response:
-    engine = runtime_of(request).engine
-    assert engine is not None
-    rows = await fetch_visible(engine, viewer, parse_types(types), after, limit)
+    rows = await queries.visible_events(db, viewer, parse_types(types), after, limit)
     # The events' JSON comes rendered from PostgreSQL: joined, not parsed and re-encoded.
     body = b'{"events": [%s], "next_after": %d}' % (
-        b", ".join(row["data"].encode() for row in rows), rows[-1]["seq"] if rows else after,
+        b", ".join(row["data"].encode() for row in rows),
+        rows[-1]["seq"] if rows else after,
     )
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-@router.post("/v1/events", status_code=201, summary="Publish a custom event", responses={200: {}, 201: {}})
+@router.post(
+    "/v1/events",
+    status_code=201,
+    summary="Publish a custom event",
+    responses={
+        200: {"description": "Stored by an earlier request with this Idempotency-Key"},
+        201: {"description": "Stored"},
+        **problem_responses(
+            *AUTHENTICATED,
+            MALFORMED_REQUEST,
+            problems.IDEMPOTENCY_KEY_REQUIRED,
+            problems.IDEMPOTENCY_KEY_INVALID,
+            problems.EVENT_TYPE_NOT_ALLOWED,
+            problems.PAYLOAD_TOO_LARGE,
+            BODY_TOO_LARGE,
+            problems.IDEMPOTENCY_KEY_REUSED,
+        ),
+    },
+)
 async def publish_event(
-    request: Request,
+    runtime: RuntimeDep,
+    db: WriteSession,
     viewer: Caller,
     body: Annotated[PublishIn, Body()],
     # Checked by check_key, which answers with the problem kinds publishers already handle.
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = check_key(idempotency_key)
-    runtime = runtime_of(request)
-    assert runtime.sessions is not None
-    status, data = await publish(runtime.sessions, viewer, body, key, runtime.settings.stream_max_payload_bytes)
+    status, data = await publish(db, viewer, body, key, runtime.settings.stream_max_payload_bytes)
     return Response(data, status_code=status, media_type="application/json")

@@ -16,13 +16,13 @@ import asyncio
 import uuid
 
 import asyncpg
-import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from prognetwork.kit.events import listen, relay_stop, wait_for
-from prognetwork.streaming.visibility import NEVER_PRIVATE, Viewer
-
-log = structlog.get_logger("prognetwork.streaming")
+from prognetwork.kit import retry
+from prognetwork.kit.events import listen
+from prognetwork.kit.retry import wait_for
+from prognetwork.streaming.queries import HEAD, TAIL
+from prognetwork.streaming.visibility import Viewer
 
 BATCH_SIZE = 500
 # At most one read of the log per this many seconds: under load, events arriving close
@@ -34,20 +34,11 @@ HEARTBEAT = b": keep-alive\n\n"
 SUBSCRIBERS = Gauge("stream_subscribers", "Clients connected to the event stream.")
 DELIVERED = Counter("stream_events_delivered", "Events written to stream subscribers.")
 DELIVERY_LATENCY = Histogram(
-    "stream_delivery_latency_seconds", "From an event's occurrence to its frame being written to a subscriber.",
+    "stream_delivery_latency_seconds",
+    "From an event's occurrence to its frame being written to a subscriber.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 CUT_OFF = Counter("stream_subscribers_cut_off", "Subscribers cut off for falling too far behind.")
-
-# The JSON every client sees for an event, built by PostgreSQL in the same query that reads it.
-EVENT_JSON = (
-    "jsonb_build_object('id', id, 'seq', seq, 'type', type, 'user_id', user_id, 'tenant_id', tenant_id,"
-    " 'payload', payload, 'occurred_at', occurred_at)::text"
-)
-EVENT_COLUMNS = f"seq, type, user_id, tenant_id, extract(epoch FROM occurred_at)::float8 AS at, {EVENT_JSON} AS data"
-# Composed from module constants only; every value is a bind parameter.
-TAIL = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND {NEVER_PRIVATE} ORDER BY seq LIMIT $2"  # noqa: S608
-HEAD = "SELECT coalesce(max(seq), 0) FROM events"
 
 
 class Frame:
@@ -55,8 +46,15 @@ class Frame:
 
     __slots__ = ("seq", "type", "user_id", "tenant_id", "at", "raw")
 
-    def __init__(self, seq: int, type: str, user_id: uuid.UUID | None, tenant_id: uuid.UUID | None,
-                 at: float, data: str) -> None:
+    def __init__(
+        self,
+        seq: int,
+        type: str,
+        user_id: uuid.UUID | None,
+        tenant_id: uuid.UUID | None,
+        at: float,
+        data: str,
+    ) -> None:
         self.seq = seq
         self.type = type
         self.user_id = user_id
@@ -158,7 +156,9 @@ class Hub:
         self._subscribers.discard(sub)
         self._everything.discard(sub)
         for index, key in ((self._by_user, sub.viewer.user_id), (self._by_tenant, sub.viewer.tenant_id)):
-            group = index.get(key) if key is not None else None
+            if key is None:
+                continue
+            group = index.get(key)
             if group is not None:
                 group.discard(sub)
                 if not group:
@@ -198,26 +198,29 @@ class Hub:
     # -- the tailer ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tail the log until `stop`; reconnects to PostgreSQL as often as it must."""
-        listener = asyncio.create_task(listen(self.dsn, self.wake, stop))
-        relay = relay_stop(stop, self.wake)
-        delay = 0.2
+        """Tail the log until `stop`; reconnects to PostgreSQL as often as it must: after 0.2 s
+        doubling up to 5 s, or as soon as the listener is back (PostgreSQL is reachable again)."""
+        reconnected = asyncio.Event()
+        listener = asyncio.create_task(
+            listen(self.dsn, self.wake, stop, name="streaming.listener", reconnected=reconnected)
+        )
+        backoff = retry.Backoff("streaming.tailer", cap=5.0)
         try:
             while not stop.is_set():
                 try:
-                    await self._tail(stop)
+                    await self._tail(stop, backoff)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                    log.warning("event log tailer lost its connection; reconnecting", error=str(exc), retry_in=delay)
-                    await wait_for(stop, delay)
-                    delay = min(delay * 2, 5.0)
+                    await backoff.wait(exc, stop, reconnected)
         finally:
-            for task in (listener, relay):
-                task.cancel()
-            await asyncio.gather(listener, relay, return_exceptions=True)
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
 
-    async def _tail(self, stop: asyncio.Event) -> None:
+    async def _tail(self, stop: asyncio.Event, backoff: retry.Backoff) -> None:
         conn = await asyncpg.connect(
-            self.dsn, timeout=5, command_timeout=30, server_settings={"application_name": "prognetwork-stream-tailer"}
+            self.dsn,
+            timeout=5,
+            command_timeout=30,
+            server_settings={"application_name": "prognetwork-stream-tailer"},
         )
         try:
             if not self.ready.is_set():
@@ -233,12 +236,13 @@ class Hub:
                 self.wake.clear()
                 read_at = loop.time()
                 rows = await conn.fetch(TAIL, self.position, BATCH_SIZE)
+                backoff.reset()  # after a read, not the connect: a server that accepts but fails still backs off
                 if rows:
                     self.position = rows[-1]["seq"]
                     if self._subscribers:
                         self.dispatch([Frame.of(row) for row in rows])
                 if len(rows) < BATCH_SIZE:
-                    await wait_for(self.wake, self.poll_seconds)
+                    await retry.pause(self.poll_seconds, stop, self.wake)
         finally:
             conn.terminate()
 

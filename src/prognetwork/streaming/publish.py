@@ -4,7 +4,7 @@ A plain user publishes only `app.*` events, scoped to themselves (and their tena
 operator or admin may publish into any namespace but the platform's own, which only the
 services write. A retried publish (same producer, same Idempotency-Key) stores nothing new
 and answers with the event stored the first time; the key and the event are written in one
-transaction, so neither exists without the other.
+`async with db.begin():` block, so neither exists without the other.
 """
 
 from __future__ import annotations
@@ -15,13 +15,19 @@ import uuid
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit import events
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.validation import JsonObject, check_token
-from prognetwork.streaming.hub import EVENT_JSON
+from prognetwork.streaming import queries
+from prognetwork.streaming.problems import (
+    EVENT_TYPE_NOT_ALLOWED,
+    IDEMPOTENCY_KEY_INVALID,
+    IDEMPOTENCY_KEY_REQUIRED,
+    IDEMPOTENCY_KEY_REUSED,
+    PAYLOAD_TOO_LARGE,
+)
 from prognetwork.streaming.visibility import Viewer
 
 TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
@@ -32,18 +38,6 @@ MAX_KEY_LENGTH = 200
 PUBLISHED = Counter("stream_events_published", "Publish requests by outcome.", ("outcome",))
 for _outcome in ("created", "replayed", "rejected"):
     PUBLISHED.labels(_outcome)  # exported at 0 from the start, so rate() sees the first one
-
-CLAIM = text(
-    "INSERT INTO event_publications (producer, idempotency_key, request_hash) VALUES (:producer, :key, :hash) "
-    "ON CONFLICT DO NOTHING RETURNING producer"
-)
-EARLIER = text(
-    "SELECT request_hash, event_seq FROM event_publications WHERE producer = :producer AND idempotency_key = :key"
-)
-RECORD = text(
-    "UPDATE event_publications SET event_seq = :seq WHERE producer = :producer AND idempotency_key = :key"
-)
-EVENT_BY_SEQ = text(f"SELECT {EVENT_JSON} FROM events WHERE seq = :seq")  # noqa: S608 - a module constant
 
 
 class PublishIn(BaseModel):
@@ -58,19 +52,17 @@ class PublishIn(BaseModel):
 def check_key(key: str | None) -> str:
     if not key:
         PUBLISHED.labels("rejected").inc()
-        raise Problem(400, "Send an Idempotency-Key header, so a retried publish is stored once.",
-                      kind="idempotency-key-required")
+        raise IDEMPOTENCY_KEY_REQUIRED("Send an Idempotency-Key header, so a retried publish is stored once.")
     if len(key) > MAX_KEY_LENGTH:
         PUBLISHED.labels("rejected").inc()
-        raise Problem(400, f"The Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.",
-                      kind="idempotency-key-invalid")
+        raise IDEMPOTENCY_KEY_INVALID(f"The Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.")
     try:
         # Stored in a text column and compared byte for byte: printable ASCII keeps it unambiguous
         # (HTTP already trims the spaces around a header value; inner ones are fine).
         check_token(key, spaces=True)
     except ValueError as exc:
         PUBLISHED.labels("rejected").inc()
-        raise Problem(400, f"The Idempotency-Key {exc}.", kind="idempotency-key-invalid") from None
+        raise IDEMPOTENCY_KEY_INVALID(f"The Idempotency-Key {exc}.") from None
     return key
 
 
@@ -90,44 +82,49 @@ def scope_of(viewer: Viewer, body: PublishIn) -> tuple[uuid.UUID | None, uuid.UU
 
 def _refused(detail: str) -> Problem:
     PUBLISHED.labels("rejected").inc()
-    return Problem(403, detail, kind="event-type-not-allowed")
+    return EVENT_TYPE_NOT_ALLOWED(detail)
 
 
 def request_hash(body: PublishIn) -> str:
-    canonical = {"type": body.type, "payload": body.payload, "user_id": str(body.user_id) if body.user_id else None}
+    canonical = {
+        "type": body.type,
+        "payload": body.payload,
+        "user_id": str(body.user_id) if body.user_id else None,
+    }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 async def publish(
-    sessions: async_sessionmaker[AsyncSession], viewer: Viewer, body: PublishIn, key: str, max_payload_bytes: int
+    db: AsyncSession, viewer: Viewer, body: PublishIn, key: str, max_payload_bytes: int
 ) -> tuple[int, str]:
     """(201, event JSON) when stored now, (200, event JSON) when stored by an earlier try."""
     user_id, tenant_id = scope_of(viewer, body)
     size = len(json.dumps(body.payload, separators=(",", ":"), ensure_ascii=False).encode())
     if size > max_payload_bytes:
         PUBLISHED.labels("rejected").inc()
-        raise Problem(413, f"The payload is {size} bytes; the limit is {max_payload_bytes}.", kind="payload-too-large")
-    producer = {"producer": str(viewer.user_id), "key": key}
+        raise PAYLOAD_TOO_LARGE(f"The payload is {size} bytes; the limit is {max_payload_bytes}.")
+    producer = str(viewer.user_id)
     digest = request_hash(body)
-    async with sessions() as session:
-        async with session.begin():
-            # A concurrent try with the same key waits here until the first one commits.
-            claimed = (await session.execute(CLAIM, {**producer, "hash": digest})).first()
-            if claimed is None:
-                earlier = (await session.execute(EARLIER, producer)).one()
-            else:
-                event = await events.append(
-                    session, body.type, body.payload, user_id=user_id, tenant_id=tenant_id, private=False
-                )
-                await session.execute(RECORD, {**producer, "seq": event.seq})
-        if claimed is None:
-            if earlier.request_hash != digest:
-                PUBLISHED.labels("rejected").inc()
-                raise Problem(422, "This Idempotency-Key was used for a different event.",
-                              kind="idempotency-key-reused")
-            seq, status, outcome = earlier.event_seq, 200, "replayed"
+    earlier_hash: str | None  # the hash an earlier try stored under this key; None if there was none
+    async with db.begin():
+        # A concurrent try with the same key waits here until the first one commits.
+        if await queries.claim_publication(db, producer, key, digest):
+            event = await events.append(
+                db, body.type, body.payload, user_id=user_id, tenant_id=tenant_id, private=False
+            )
+            await queries.record_publication(db, producer, key, event.seq)
+            seq, earlier_hash = event.seq, None
         else:
-            seq, status, outcome = event.seq, 201, "created"
-        data = (await session.execute(EVENT_BY_SEQ, {"seq": seq})).scalar_one()
+            earlier_hash, seq = await queries.earlier_publication(db, producer, key)
+    if earlier_hash is None:
+        status, outcome = 201, "created"
+    elif earlier_hash == digest:
+        status, outcome = 200, "replayed"
+    else:
+        PUBLISHED.labels("rejected").inc()
+        raise IDEMPOTENCY_KEY_REUSED("This Idempotency-Key was used for a different event.")
+    # Read back after the commit, not in the transaction: every append on the platform waits for
+    # the append lock (kit.events) that transaction holds until it ends.
+    data = await queries.event_json(db, seq)
     PUBLISHED.labels(outcome).inc()
     return status, data

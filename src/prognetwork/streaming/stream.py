@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
 
 from fastapi.responses import Response
-from sqlalchemy import RowMapping, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.types import Receive, Scope, Send
 
 from prognetwork.kit.app import on_disconnect
-from prognetwork.streaming.hub import (
-    DELIVERED,
-    DELIVERY_LATENCY,
-    EVENT_COLUMNS,
-    HEARTBEAT,
-    Frame,
-    Hub,
-    Subscriber,
-)
+from prognetwork.kit.db import ReadSession
+from prognetwork.kit.revocation import Revocations
+from prognetwork.streaming import queries
+from prognetwork.streaming.hub import DELIVERED, DELIVERY_LATENCY, HEARTBEAT, Frame, Hub, Subscriber
 from prognetwork.streaming.visibility import Viewer
 
 RETRY = b"retry: 3000\n\n"
@@ -39,23 +34,19 @@ HEADERS = [
 ]
 
 
-def select_visible(viewer: Viewer, types: frozenset[str] | None) -> tuple[str, dict[str, Any]]:
-    """`SELECT … FROM events WHERE seq > :after` (and what `viewer` may see) `LIMIT :limit`."""
-    condition, params = viewer.sql()
-    if types is not None:
-        condition += " AND type = ANY(:types)"
-        params = {**params, "types": sorted(types)}
-    # `condition` comes from Viewer.sql (fixed text); every value is a bind parameter.
-    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > :after AND {condition} ORDER BY seq LIMIT :limit"  # noqa: S608
-    return sql, params
+def ended_notice(reason: str, detail: str) -> bytes:
+    """The last frame of a stream whose access token stopped being valid: the client must not just
+    reconnect with the same token (it would get 401), but refresh or sign in again."""
+    return b"event: %s\ndata: %s\n\n" % (
+        reason.encode(),
+        json.dumps({"reason": reason, "detail": detail}).encode(),
+    )
 
 
-async def fetch_visible(
-    engine: AsyncEngine, viewer: Viewer, types: frozenset[str] | None, after: int, limit: int
-) -> list[RowMapping]:
-    sql, params = select_visible(viewer, types)
-    async with engine.connect() as conn:
-        return list((await conn.execute(text(sql), {**params, "after": after, "limit": limit})).mappings().all())
+SIGNED_OUT = ended_notice("signed-out", "This session was signed out; sign in again to keep streaming.")
+TOKEN_EXPIRED = ended_notice(
+    "token-expired", "The access token expired; refresh it and reconnect with Last-Event-ID."
+)
 
 
 def overflow_notice(last: int) -> bytes:
@@ -72,25 +63,33 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: Hub, engine: AsyncEngine, viewer: Viewer, types: frozenset[str] | None,
-                 last_event_id: int | None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        readers: async_sessionmaker[ReadSession],
+        revocations: Revocations,
+        viewer: Viewer,
+        types: frozenset[str] | None,
+        last_event_id: int | None,
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.hub = hub
-        self.engine = engine
+        self.readers = readers  # a session per replay page: none is held while the client reads
+        self.revocations = revocations
         self.viewer = viewer
         self.types = types
         self.last_event_id = last_event_id
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.hub.subscribe(self.viewer, self.types, self.last_event_id or 0)
         watcher = asyncio.create_task(on_disconnect(receive, sub.close))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             await send({"type": "http.response.body", "body": RETRY, "more_body": True})
-            last = self.last_event_id or 0
+            last: int | None = 0
             if self.last_event_id is not None:
-                last = await self._replay(sub, send, last)
+                last = await self._replay(sub, send, self.last_event_id)
             if last is not None:
                 await self._live(sub, send, last)
             await send({"type": "http.response.body", "body": b""})
@@ -100,10 +99,11 @@ class EventStream(Response):
             watcher.cancel()
             self.hub.unsubscribe(sub)
 
-    async def _replay(self, sub: Subscriber, send: Any, last: int) -> int | None:
+    async def _replay(self, sub: Subscriber, send: Send, last: int) -> int | None:
         """Send the history after `last`; the last sequence sent, or None if cut off meanwhile."""
         while not sub.closed:
-            rows = await fetch_visible(self.engine, self.viewer, self.types, last, REPLAY_PAGE)
+            async with self.readers() as db:
+                rows = await queries.visible_events(db, self.viewer, self.types, last, REPLAY_PAGE)
             frames = [Frame.of(row) for row in rows]
             if frames:
                 await _write(send, [f.raw for f in frames], frames)
@@ -115,7 +115,7 @@ class EventStream(Response):
                 break
         return last
 
-    async def _live(self, sub: Subscriber, send: Any, last: int) -> None:
+    async def _live(self, sub: Subscriber, send: Send, last: int) -> None:
         while True:
             frames = await sub.take()
             fresh = [f for f in frames if f.seq > last] if frames and frames[0].seq <= last else frames
@@ -124,6 +124,11 @@ class EventStream(Response):
                 last = fresh[-1].seq
             if sub.beat:
                 sub.beat = False
+                # A stream lives no longer than its token: on every heartbeat, check it still holds.
+                ended = await self._token_ended()
+                if ended is not None:
+                    await _write_final(send, [*chunks, ended], fresh)
+                    return
                 chunks.append(HEARTBEAT)
             if sub.overflowed:
                 chunks.append(overflow_notice(last))
@@ -134,8 +139,16 @@ class EventStream(Response):
             if sub.closed:
                 return
 
+    async def _token_ended(self) -> bytes | None:
+        if time.time() >= self.viewer.expires_at:
+            return TOKEN_EXPIRED
+        # Unknown (Redis down) keeps the stream: reads fail open, as everywhere (kit.revocation).
+        if await self.revocations.is_revoked(self.viewer.session_id):
+            return SIGNED_OUT
+        return None
 
-async def _write(send: Any, chunks: list[bytes], frames: list[Frame]) -> None:
+
+async def _write(send: Send, chunks: list[bytes], frames: list[Frame]) -> None:
     await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": True})
     if frames:
         now = time.time()
@@ -148,10 +161,8 @@ class _Abandoned(Exception):
     """A cut-off subscriber that did not read its last frames in time."""
 
 
-async def _write_final(send: Any, chunks: list[bytes], frames: list[Frame] = ()) -> None:
+async def _write_final(send: Send, chunks: list[bytes], frames: Sequence[Frame] = ()) -> None:
     try:
         await asyncio.wait_for(_write(send, chunks, list(frames)), CUT_OFF_GRACE_SECONDS)
     except TimeoutError:
         raise _Abandoned from None
-
-

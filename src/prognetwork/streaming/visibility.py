@@ -1,9 +1,9 @@
 """Who is asking, and which events they may see.
 
-The caller's access token is verified here, against the user service's keys, even though
-the gateway verified it already: a request that reaches this service some other way gets
-no more than its token allows. A user sees events about themselves, a tenant member also
-their tenant's, an operator or admin every event. Private events are seen by nobody.
+The caller's access token is verified (deps.authenticate) against the issuer's keys, even
+though the gateway verified it already. A user sees events about themselves, a tenant member also
+their tenant's, an operator or admin every event. Private events are seen by nobody: that rule is
+not the viewer's to apply but every served query's (queries.NEVER_PRIVATE), so no viewer escapes it.
 """
 
 from __future__ import annotations
@@ -11,17 +11,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-import aiohttp
-from fastapi import Request
+from sqlalchemy import ColumnElement, or_, true
 
-from prognetwork.kit import tokens
-from prognetwork.kit.auth import bearer_token, invalid_token
-from prognetwork.kit.jwks import Jwks
-from prognetwork.kit.revocation import Revocations
+from prognetwork.kit.auth import invalid_token
+from prognetwork.kit.events import events
 
 ALL_SEEING_ROLES = frozenset({"operator", "admin"})
-# What every row served to a client must satisfy, whoever the client is.
-NEVER_PRIVATE = "NOT private"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,21 +24,20 @@ class Viewer:
     user_id: uuid.UUID
     role: str = "user"
     tenant_id: uuid.UUID | None = None
+    session_id: str = ""  # the token's `sid`: a stream ends when it is signed out
+    expires_at: float = float("inf")  # the token's `exp`: a stream ends then too
 
     @property
     def sees_all(self) -> bool:
         return self.role in ALL_SEEING_ROLES
 
-    def sql(self) -> tuple[str, dict[str, object]]:
-        """A WHERE condition on `events` (and its parameters) selecting what this viewer may see."""
+    def condition(self) -> ColumnElement[bool]:
+        """The rows of `events` this viewer's scope covers (private ones are excluded by the query)."""
         if self.sees_all:
-            return NEVER_PRIVATE, {}
+            return true()
         if self.tenant_id is None:  # kept apart so the (user_id, seq) index serves it
-            return f"{NEVER_PRIVATE} AND user_id = :viewer_user", {"viewer_user": self.user_id}
-        return (
-            f"{NEVER_PRIVATE} AND (user_id = :viewer_user OR tenant_id = :viewer_tenant)",
-            {"viewer_user": self.user_id, "viewer_tenant": self.tenant_id},
-        )
+            return events.c.user_id == self.user_id
+        return or_(events.c.user_id == self.user_id, events.c.tenant_id == self.tenant_id)
 
 
 def viewer_from_claims(claims: dict[str, object]) -> Viewer:
@@ -53,18 +47,14 @@ def viewer_from_claims(claims: dict[str, object]) -> Viewer:
         tenant_id = uuid.UUID(str(tenant)) if tenant else None
     except (KeyError, ValueError):
         raise invalid_token("token subject or tenant is not an id") from None
-    return Viewer(user_id=user_id, role=str(claims.get("role") or "user"), tenant_id=tenant_id)
-
-
-async def authenticate(request: Request) -> Viewer:
-    """The verified caller of this request (FastAPI dependency); a signed-out session is refused."""
-    token = bearer_token(request.headers.get("authorization"))
-    jwks: Jwks = request.app.state.jwks
-    session: aiohttp.ClientSession = request.app.state.http
-    try:
-        claims = await jwks.verify(token, session)
-    except tokens.InvalidToken as exc:
-        raise invalid_token(str(exc)) from None
-    revocations: Revocations = request.app.state.revocations
-    await revocations.ensure_active(claims, request.method)
-    return viewer_from_claims(claims)
+    # Verification accepted `exp` only if int() could read it: a JSON number or numeric string.
+    expires = claims.get("exp") or "inf"
+    if not isinstance(expires, int | float | str):
+        raise invalid_token("token expiry is not a number")
+    return Viewer(
+        user_id=user_id,
+        role=str(claims.get("role") or "user"),
+        tenant_id=tenant_id,
+        session_id=str(claims.get("sid") or ""),
+        expires_at=float(expires),
+    )

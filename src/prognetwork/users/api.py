@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit.app import db_reader, db_session
-from prognetwork.kit.auth import bearer_token, invalid_token
+from prognetwork.kit.problems import AUTHENTICATED, problem_responses
 from prognetwork.kit.validation import Email, Secret, Text, TokenText
-from prognetwork.users.keys import InvalidToken
+from prognetwork.users import problems
+from prognetwork.users.deps import Caller, ReadOnlySession, Svc, WriteSession
 from prognetwork.users.models import User
-from prognetwork.users.service import Accounts, Tokens
+from prognetwork.users.service import Tokens
 
 router = APIRouter()
-Db = Annotated[AsyncSession, Depends(db_session)]
-Reader = Annotated[AsyncSession, Depends(db_reader)]
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -75,8 +72,12 @@ class UserOut(BaseModel):
     @classmethod
     def of(cls, user: User) -> UserOut:
         return cls(
-            id=user.id, email=user.email, name=user.name, role=user.role,
-            email_verified=user.email_verified_at is not None, created_at=user.created_at,
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            role=user.role,
+            email_verified=user.email_verified_at is not None,
+            created_at=user.created_at,
         )
 
 
@@ -92,79 +93,103 @@ class TokensOut(BaseModel):
 
 
 class LoginOut(TokensOut):
-    device_token: str = Field(description="Send it with this device's next login (see README, Sign-in protection)")
+    device_token: str = Field(
+        description="Send it with this device's next login (see README, Sign-in protection)"
+    )
 
 
-# Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a thread pool,
-# which costs two thread hand-offs per request for what is a dictionary lookup.
-async def accounts(request: Request) -> Accounts:
-    return request.app.state.accounts
-
-
-Svc = Annotated[Accounts, Depends(accounts)]
-
-
-async def bearer_claims(request: Request, svc: Svc) -> dict[str, Any]:
-    token = bearer_token(request.headers.get("authorization"))
-    try:
-        claims = svc.keys.verify(token)
-    except InvalidToken as exc:
-        raise invalid_token(str(exc)) from None
-    await svc.revocations.ensure_active(claims, request.method)
-    return claims
-
-
-Claims = Annotated[dict[str, Any], Depends(bearer_claims)]
 REGISTRATION_ACCEPTED = "If this address can be registered, a verification link is on its way to it."
 RESET_ACCEPTED = "If an account has this address, a password reset link is on its way to it."
 
 
-@router.post("/v1/auth/register", status_code=202, response_model=AcceptedOut, tags=["auth"])
-async def register(body: RegisterIn, db: Db, svc: Svc) -> AcceptedOut:
+@router.post(
+    "/v1/auth/register",
+    status_code=202,
+    response_model=AcceptedOut,
+    tags=["auth"],
+    responses=problem_responses(),
+)
+async def register(body: RegisterIn, db: WriteSession, svc: Svc) -> AcceptedOut:
     # The same answer whether or not the address has an account: its owner learns by email.
     await svc.register(db, body.email, body.password, body.name)
     return AcceptedOut(detail=REGISTRATION_ACCEPTED)
 
 
-@router.post("/v1/auth/verify-email", response_model=UserOut, tags=["auth"])
-async def verify_email(body: VerifyEmailIn, db: Db, svc: Svc) -> UserOut:
+@router.post(
+    "/v1/auth/verify-email",
+    response_model=UserOut,
+    tags=["auth"],
+    responses=problem_responses(problems.INVALID_VERIFICATION_LINK, problems.VERIFICATION_PASSWORD_MISMATCH),
+)
+async def verify_email(body: VerifyEmailIn, db: WriteSession, svc: Svc) -> UserOut:
     return UserOut.of(await svc.verify_email(db, body.token, body.password))
 
 
-@router.post("/v1/auth/login", response_model=LoginOut, tags=["auth"])
-async def login(body: LoginIn, request: Request, db: Db, svc: Svc, response: Response) -> LoginOut:
+@router.post(
+    "/v1/auth/login",
+    response_model=LoginOut,
+    tags=["auth"],
+    responses=problem_responses(
+        problems.INVALID_CREDENTIALS,
+        problems.EMAIL_NOT_VERIFIED,
+        problems.ACCOUNT_DISABLED,
+        problems.TOO_MANY_ATTEMPTS,
+    ),
+)
+async def login(body: LoginIn, request: Request, db: WriteSession, svc: Svc, response: Response) -> LoginOut:
     client = request.client.host if request.client else "unknown"
     response.headers.update(NO_STORE)
     tokens = await svc.login(db, body.email, body.password, client, body.device_token)
     return LoginOut(**TokensOut.of(tokens).model_dump(), device_token=tokens.device_token or "")
 
 
-@router.post("/v1/auth/refresh", response_model=TokensOut, tags=["auth"])
-async def refresh(body: RefreshIn, db: Db, svc: Svc, response: Response) -> TokensOut:
+@router.post(
+    "/v1/auth/refresh",
+    response_model=TokensOut,
+    tags=["auth"],
+    responses=problem_responses(problems.INVALID_REFRESH_TOKEN, problems.REFRESH_TOKEN_REUSED),
+)
+async def refresh(body: RefreshIn, db: WriteSession, svc: Svc, response: Response) -> TokensOut:
     response.headers.update(NO_STORE)
     return TokensOut.of(await svc.refresh(db, body.refresh_token))
 
 
-@router.post("/v1/auth/logout", status_code=204, tags=["auth"])
-async def logout(body: RefreshIn, db: Db, svc: Svc) -> Response:
+@router.post("/v1/auth/logout", status_code=204, tags=["auth"], responses=problem_responses())
+async def logout(body: RefreshIn, db: WriteSession, svc: Svc) -> Response:
     await svc.logout(db, body.refresh_token)
     return Response(status_code=204)
 
 
-@router.post("/v1/auth/password-reset", status_code=202, response_model=AcceptedOut, tags=["auth"])
-async def password_reset(body: PasswordResetIn, db: Db, svc: Svc) -> AcceptedOut:
+@router.post(
+    "/v1/auth/password-reset",
+    status_code=202,
+    response_model=AcceptedOut,
+    tags=["auth"],
+    responses=problem_responses(),
+)
+async def password_reset(body: PasswordResetIn, db: WriteSession, svc: Svc) -> AcceptedOut:
     await svc.request_password_reset(db, body.email)
     return AcceptedOut(detail=RESET_ACCEPTED)
 
 
-@router.post("/v1/auth/password-reset/confirm", status_code=204, tags=["auth"])
-async def password_reset_confirm(body: PasswordResetConfirmIn, db: Db, svc: Svc) -> Response:
+@router.post(
+    "/v1/auth/password-reset/confirm",
+    status_code=204,
+    tags=["auth"],
+    responses=problem_responses(problems.INVALID_RESET_LINK),
+)
+async def password_reset_confirm(body: PasswordResetConfirmIn, db: WriteSession, svc: Svc) -> Response:
     await svc.reset_password(db, body.token, body.password)
     return Response(status_code=204)
 
 
-@router.get("/v1/users/me", response_model=UserOut, tags=["users"])
-async def me(claims: Claims, db: Reader, svc: Svc) -> UserOut:
+@router.get(
+    "/v1/users/me",
+    response_model=UserOut,
+    tags=["users"],
+    responses=problem_responses(*AUTHENTICATED, problems.UNKNOWN_USER),
+)
+async def me(claims: Caller, db: ReadOnlySession, svc: Svc) -> UserOut:
     return UserOut.of(await svc.me(db, uuid.UUID(claims["sub"])))
 
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from prognetwork.kit import tokens
 from prognetwork.kit.secrets import MissingSecret
-from prognetwork.kit.settings import Settings
 from prognetwork.kit.tokens import ALGORITHM, InvalidToken
+from prognetwork.users.settings import UsersSettings
 
 __all__ = ["KeyRing", "InvalidToken", "generate_pem", "load_key"]
 
@@ -60,9 +60,10 @@ def load_key(pem: str) -> SigningKey:
 
 
 def generate_pem() -> str:
-    return Ed25519PrivateKey.generate().private_bytes(
+    pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    )
+    return pem.decode()
 
 
 def _development_key(state_dir: Path) -> str:
@@ -80,7 +81,7 @@ def _development_key(state_dir: Path) -> str:
 
 
 class KeyRing:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: UsersSettings) -> None:
         self.settings = settings
         self._loaded_from: str | None = None
         self._keys: list[SigningKey] = []
@@ -111,8 +112,13 @@ class KeyRing:
         key = self._current()[0]
         now = int(time.time())
         body = {
-            "iss": self.settings.jwt_issuer, "aud": self.settings.jwt_audience, "iat": now, "nbf": now,
-            "exp": now + ttl_seconds, "jti": uuid.uuid4().hex, **claims,
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_seconds,
+            "jti": uuid.uuid4().hex,
+            **claims,
         }
         return jwt.encode(body, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "at+jwt"})
 

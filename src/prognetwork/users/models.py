@@ -12,7 +12,9 @@ from prognetwork.kit.db import Base
 class User(Base):
     __tablename__ = "users"
     __table_args__ = (
-        Index("ix_users_unverified_created_at", "created_at", postgresql_where=text("email_verified_at IS NULL")),
+        Index(
+            "ix_users_unverified_created_at", "created_at", postgresql_where=text("email_verified_at IS NULL")
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

@@ -22,7 +22,7 @@ async def hash_password(password: str) -> str:
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
     """Constant work whether or not the account exists (no enumeration by timing)."""
-    target = password_hash or await asyncio.to_thread(_decoy_hash)
+    target = password_hash if password_hash else await asyncio.to_thread(_decoy_hash)
     try:
         ok = await asyncio.to_thread(HASHER.verify, target, password)
     except (VerificationError, InvalidHashError):

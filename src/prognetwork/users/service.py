@@ -12,6 +12,8 @@ Invariants:
   change commits, so a failure leaves the sessions ended rather than alive.
 - Login failures are counted before the password is checked (increment first, decide on the count),
   so concurrent guesses cannot exceed a limit; see `login` for whom a lockout binds.
+- Writes happen inside `async with db.begin():` here, never in routes; where a Redis side effect
+  sits relative to that block is where it happens relative to the commit.
 """
 
 from __future__ import annotations
@@ -23,27 +25,46 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit import events
+from prognetwork.kit.db import ReadSession
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import Revocations
-from prognetwork.kit.settings import Settings
 from prognetwork.kit.throttle import Counter as WindowCounter
-from prognetwork.users import passwords
+from prognetwork.users import passwords, queries
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.models import User
+from prognetwork.users.problems import (
+    ACCOUNT_DISABLED,
+    EMAIL_NOT_VERIFIED,
+    INVALID_CREDENTIALS,
+    INVALID_REFRESH_TOKEN,
+    INVALID_RESET_LINK,
+    INVALID_VERIFICATION_LINK,
+    REFRESH_TOKEN_REUSED,
+    TOO_MANY_ATTEMPTS,
+    UNKNOWN_USER,
+    VERIFICATION_PASSWORD_MISMATCH,
+)
 from prognetwork.users.sessions import Outcome, SessionStore, digest
+from prognetwork.users.settings import UsersSettings
 
 log = structlog.get_logger("prognetwork.users")
 REGISTRATIONS = Counter("user_registrations", "Registration requests by outcome.", ("outcome",))
 LOGINS = Counter("user_logins", "Login attempts by outcome.", ("outcome",))
 REFRESHES = Counter("user_token_refreshes", "Refresh attempts by outcome.", ("outcome",))
 PASSWORD_RESETS = Counter("user_password_resets", "Password reset steps by outcome.", ("outcome",))
+MAIL_SUPPRESSED = Counter(
+    "user_account_emails_suppressed",
+    "Registration or reset requests dropped: too many emails to one address.",
+)
 VERIFY_PURPOSE = "verify-email"
 RESET_PURPOSE = "password-reset"
+MAIL_WINDOW_SECONDS = 3600
+# Owns the decoy reset tokens issued for unknown addresses (no account has this id).
+DECOY_USER = uuid.UUID(int=0)
 # Every outcome exists from the start at 0, so rate() sees the first real one as growth.
 for _outcome in ("created", "replaced", "existing"):
     REGISTRATIONS.labels(_outcome)
@@ -68,7 +89,7 @@ class Tokens:
 class Accounts:
     """Everything the user service's operations need, built once per process."""
 
-    settings: Settings
+    settings: UsersSettings
     keys: KeyRing
     store: SessionStore
     throttle: WindowCounter
@@ -81,18 +102,35 @@ class Accounts:
         email = email.lower()
         # Hashed whatever happens next, so every outcome costs the same time.
         password_hash = await passwords.hash_password(password)
-        user = (await db.execute(select(User).where(User.email == email).with_for_update())).scalar_one_or_none()
-        if user is not None and user.email_verified_at is not None:
-            # The owner is told by email; the caller learns nothing.
-            await events.append(
-                db, "user.registration_attempted",
-                {"user_id": str(user.id), "email": user.email, "login_url": self._link("login"),
-                 "reset_url": self._link("reset-password")},
-                user_id=user.id,
-            )
-            await db.commit()
-            REGISTRATIONS.labels("existing").inc()
+        if not await self._may_mail(email):
             return
+        try:
+            async with db.begin():
+                user = await queries.user_by_email(db, email, for_update=True)
+                if user is not None and user.email_verified_at is not None:
+                    # The owner is told by email; the caller learns nothing.
+                    await events.append(
+                        db,
+                        "user.registration_attempted",
+                        {
+                            "user_id": str(user.id),
+                            "email": user.email,
+                            "login_url": self._link("login"),
+                            "reset_url": self._link("reset-password"),
+                        },
+                        user_id=user.id,
+                    )
+                    outcome = "existing"
+                else:
+                    outcome = await self._start_registration(db, user, email, password_hash, name)
+        except IntegrityError:
+            # A concurrent registration of the same address won the insert; it answers the same.
+            return
+        REGISTRATIONS.labels(outcome).inc()
+
+    async def _start_registration(
+        self, db: AsyncSession, user: User | None, email: str, password_hash: str, name: str
+    ) -> str:
         if user is None:
             user = User(id=uuid.uuid4(), email=email, name=name, password_hash=password_hash)
             db.add(user)
@@ -102,27 +140,42 @@ class Accounts:
             # replace it, and the link sent before stops working (issued below).
             user.password_hash, user.name, user.created_at = password_hash, name, datetime.now(UTC)
             outcome, event_type = "replaced", "user.registration_replaced"
-        try:
-            await db.flush()
-        except IntegrityError:
-            # A concurrent registration of the same address won the insert; it answers the same.
-            await db.rollback()
-            return
+        await db.flush()
         # The one-time token exists in Redis before the account commits: if Redis is down nothing
         # is written; if the commit fails the orphan token simply expires.
-        token = await self.store.issue_one_time(VERIFY_PURPOSE, user.id, self.settings.email_token_ttl_seconds)
+        token = await self.store.issue_one_time(
+            VERIFY_PURPOSE, user.id, self.settings.email_token_ttl_seconds
+        )
         public = {"user_id": str(user.id), "email": user.email, "name": user.name}
         await events.append(db, event_type, public, user_id=user.id)
         # No user-chosen text goes into mail to an address nobody has proved yet.
         await events.append(
-            db, "user.email_verification_requested",
-            {"user_id": str(user.id), "email": user.email, "token": token, "verify_url": self._link("verify-email", token),
-             "expires_in": self.settings.email_token_ttl_seconds},
-            user_id=user.id, private=True,
+            db,
+            "user.email_verification_requested",
+            {
+                "user_id": str(user.id),
+                "email": user.email,
+                "token": token,
+                "verify_url": self._link("verify-email", token),
+                "expires_in": self.settings.email_token_ttl_seconds,
+            },
+            user_id=user.id,
+            private=True,
         )
-        await db.commit()
-        REGISTRATIONS.labels(outcome).inc()
         log.info("registration started", user_id=str(user.id), outcome=outcome)
+        return outcome
+
+    async def _may_mail(self, email: str) -> bool:
+        """Whether one more registration or reset email may go to this address now: a bounded number
+        per hour, so neither flow can flood a mailbox or keep voiding its owner's links. Over the
+        limit the request is dropped silently (the answer stays the same: no enumeration)."""
+        window = await self.throttle.hit(
+            "throttle:mail:" + hashlib.sha256(email.encode()).hexdigest(), MAIL_WINDOW_SECONDS
+        )
+        if window.count > self.settings.emails_per_address_per_hour:
+            MAIL_SUPPRESSED.inc()
+            return False
+        return True
 
     def _link(self, page: str, token: str | None = None) -> str:
         url = f"{self.settings.app_url.rstrip('/')}/{page}"
@@ -132,32 +185,30 @@ class Accounts:
         return self._link("verify-email", token)
 
     async def verify_email(self, db: AsyncSession, token: str, password: str) -> User:
-        user_id = await self.store.peek_one_time(VERIFY_PURPOSE, token)
-        user = await db.get(User, user_id, with_for_update=True) if user_id else None
-        if user is None:
-            raise Problem(400, "This verification link is invalid or has expired.", kind="invalid-verification-link")
-        if not await passwords.verify_password(user.password_hash, password):
-            raise Problem(
-                400, "That is not the password chosen when this address was registered. If you did not register, "
-                "ignore the email; to start over, register again.", kind="verification-password-mismatch",
-            )
-        if user.email_verified_at is None:
-            user.email_verified_at = datetime.now(UTC)
-            await events.append(db, "user.email_verified", {"user_id": str(user.id)}, user_id=user.id)
-        await db.commit()
-        # Spent only after the change is durable, so a failed commit leaves the link usable.
-        await self.store.spend_one_time(VERIFY_PURPOSE, token)
+        # Claimed for the block; given back if it raises, so a failed change leaves the link usable.
+        async with self.store.one_time(VERIFY_PURPOSE, token) as user_id, db.begin():
+            user = await queries.user_by_id(db, user_id, for_update=True) if user_id else None
+            if user is None:
+                raise INVALID_VERIFICATION_LINK("This verification link is invalid or has expired.")
+            if not await passwords.verify_password(user.password_hash, password):
+                raise VERIFICATION_PASSWORD_MISMATCH(
+                    "That is not the password chosen when this address was registered. If you did not register, "
+                    "ignore the email; to start over, register again."
+                )
+            if user.email_verified_at is None:
+                user.email_verified_at = datetime.now(UTC)
+                await events.append(db, "user.email_verified", {"user_id": str(user.id)}, user_id=user.id)
         return user
 
     async def purge_unverified(self, db: AsyncSession) -> int:
         """Delete registrations never verified within `UNVERIFIED_ACCOUNT_TTL_SECONDS`."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.unverified_account_ttl_seconds)
         async with db.begin():
-            gone = (await db.execute(
-                delete(User).where(User.email_verified_at.is_(None), User.created_at < cutoff).returning(User.id)
-            )).scalars().all()
+            gone = await queries.delete_unverified_before(db, cutoff)
             for user_id in gone:
-                await events.append(db, "user.registration_expired", {"user_id": str(user_id)}, user_id=user_id)
+                await events.append(
+                    db, "user.registration_expired", {"user_id": str(user_id)}, user_id=user_id
+                )
         return len(gone)
 
     # -- login and sessions -----------------------------------------------------------------
@@ -178,9 +229,12 @@ class Accounts:
             LOGINS.labels("throttled").inc()
             raise _too_many(by_address.retry_after_seconds)
         email = email.lower()
-        user = (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
+        async with db.begin():  # a short read: the password check below holds no transaction open
+            user = await queries.user_by_email(db, email)
         known_device = (
-            device_token is not None and user is not None and await self.store.device_owner(device_token) == user.id
+            device_token is not None
+            and user is not None
+            and await self.store.device_owner(device_token) == user.id
         )
         if known_device:
             assert device_token is not None
@@ -202,7 +256,7 @@ class Accounts:
 
         if not await passwords.verify_password(user.password_hash if user else None, password):
             LOGINS.labels("invalid_credentials").inc()
-            raise Problem(401, "The email or password is incorrect.", kind="invalid-credentials")
+            raise INVALID_CREDENTIALS("The email or password is incorrect.")
         assert user is not None
         # The owner proved the password from here: this address's (or device's) count starts over.
         # The account-wide count only gets this attempt back, or a success would hand a
@@ -211,21 +265,25 @@ class Accounts:
         await self.throttle.undo(*counted[1:])
         if user.email_verified_at is None:
             LOGINS.labels("unverified").inc()
-            raise Problem(
-                403, "Verify your email address before logging in; the link is in your inbox.",
-                kind="email-not-verified",
+            raise EMAIL_NOT_VERIFIED(
+                "Verify your email address before logging in; the link is in your inbox."
             )
         if user.disabled_at is not None:
             LOGINS.labels("disabled").inc()
-            raise Problem(403, "This account has been disabled; contact support.", kind="account-disabled")
-        if passwords.needs_rehash(user.password_hash):
-            user.password_hash = await passwords.hash_password(password)
+            raise ACCOUNT_DISABLED("This account has been disabled; contact support.")
+        rehashed = (
+            await passwords.hash_password(password) if passwords.needs_rehash(user.password_hash) else None
+        )
         family, refresh_token = await self.store.start(user.id)
         device = await self.store.issue_device(
             user.id, s.device_token_ttl_seconds, replacing=device_token if known_device else None
         )
-        await events.append(db, "user.logged_in", {"user_id": str(user.id), "session_id": family}, user_id=user.id)
-        await db.commit()
+        async with db.begin():
+            if rehashed is not None:
+                await queries.set_password_hash(db, user.id, rehashed)
+            await events.append(
+                db, "user.logged_in", {"user_id": str(user.id), "session_id": family}, user_id=user.id
+            )
         LOGINS.labels("success").inc()
         return self._tokens(user, family, refresh_token, device)
 
@@ -236,37 +294,47 @@ class Accounts:
             assert rotation.family is not None
             # The stolen-token case: whoever holds the family's access tokens is locked out now too.
             await self.revocations.revoke([rotation.family], self.settings.access_token_ttl_seconds)
-            await events.append(
-                db, "user.session_revoked",
-                {"user_id": str(rotation.user_id), "session_id": rotation.family, "reason": "refresh_token_reuse"},
-                user_id=rotation.user_id,
-            )
-            await db.commit()
+            async with db.begin():
+                await events.append(
+                    db,
+                    "user.session_revoked",
+                    {
+                        "user_id": str(rotation.user_id),
+                        "session_id": rotation.family,
+                        "reason": "refresh_token_reuse",
+                    },
+                    user_id=rotation.user_id,
+                )
             log.warning("refresh token reuse; session revoked", user_id=str(rotation.user_id))
-            raise Problem(
-                401, "This refresh token was already used; the session has been revoked. Log in again.",
-                kind="refresh-token-reused",
+            raise REFRESH_TOKEN_REUSED(
+                "This refresh token was already used; the session has been revoked. Log in again."
             )
-        user = await db.get(User, rotation.user_id) if rotation.user_id else None
+        user = await queries.user_by_id(db, rotation.user_id) if rotation.user_id else None
         if rotation.outcome is not Outcome.ROTATED or user is None or user.disabled_at is not None:
-            raise Problem(401, "The refresh token is invalid or has expired.", kind="invalid-refresh-token")
+            raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
         assert rotation.family and rotation.refresh_token
         return self._tokens(user, rotation.family, rotation.refresh_token)
 
     async def logout(self, db: AsyncSession, refresh_token: str) -> None:
-        ended = await self.store.revoke(refresh_token)
-        if ended is None:
+        session = await self.store.session_of(refresh_token)
+        if session is None:
             return  # logging out twice is not an error
-        family, user_id = ended
+        family, user_id = session
+        # Access tokens first: if that fails, the session is still whole and a retry ends it all.
         await self.revocations.revoke([family], self.settings.access_token_ttl_seconds)
-        await events.append(db, "user.logged_out", {"user_id": str(user_id), "session_id": family}, user_id=user_id)
-        await db.commit()
+        await self.store.end(family, user_id, refresh_token)
+        async with db.begin():
+            await events.append(
+                db, "user.logged_out", {"user_id": str(user_id), "session_id": family}, user_id=user_id
+            )
 
     async def end_all_sessions(self, user_id: uuid.UUID) -> list[str]:
         """Revoke every session of a user: refresh tokens stop rotating, access tokens stop verifying."""
         families = await self.store.revoke_all(user_id)
         if families:
             await self.revocations.revoke(families, self.settings.access_token_ttl_seconds)
+        # Devices that once proved the old password must not keep their way past the lockout.
+        await self.store.forget_devices(user_id)
         return families
 
     # -- password reset and account state ---------------------------------------------------
@@ -274,55 +342,77 @@ class Accounts:
     async def request_password_reset(self, db: AsyncSession, email: str) -> None:
         """Email a reset link to a verified account; the same work and answer for any address."""
         email = email.lower()
-        user = (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
-        payload: dict[str, object] = {"email": email}
-        if user is not None and user.email_verified_at is not None:
-            token = await self.store.issue_one_time(RESET_PURPOSE, user.id, self.settings.password_reset_ttl_seconds)
-            payload |= {"user_id": str(user.id), "token": token, "reset_url": self._link("reset-password", token),
-                        "expires_in": self.settings.password_reset_ttl_seconds}
-        # Recorded for unknown addresses too (private, no token): the same writes either way, and an
-        # audit trail of who is being targeted.
-        await events.append(db, "user.password_reset_requested", payload,
-                            user_id=user.id if user is not None else None, private=True)
-        await db.commit()
+        if not await self._may_mail(email):
+            return
+        async with db.begin():
+            user = await queries.user_by_email(db, email)
+            payload: dict[str, object] = {"email": email}
+            # A real token, or a decoy for an unknown address: the same Redis work either way.
+            owner = user.id if user is not None and user.email_verified_at is not None else DECOY_USER
+            token = await self.store.issue_one_time(
+                RESET_PURPOSE, owner, self.settings.password_reset_ttl_seconds
+            )
+            if owner != DECOY_USER:
+                payload |= {
+                    "user_id": str(owner),
+                    "token": token,
+                    "reset_url": self._link("reset-password", token),
+                    "expires_in": self.settings.password_reset_ttl_seconds,
+                }
+            # Recorded for unknown addresses too (private, no token): the same writes either way, and an
+            # audit trail of who is being targeted.
+            await events.append(
+                db,
+                "user.password_reset_requested",
+                payload,
+                user_id=user.id if user is not None else None,
+                private=True,
+            )
         PASSWORD_RESETS.labels("requested").inc()
 
     async def reset_password(self, db: AsyncSession, token: str, password: str) -> None:
-        user_id = await self.store.peek_one_time(RESET_PURPOSE, token)
-        user = await db.get(User, user_id, with_for_update=True) if user_id else None
-        if user is None:
-            PASSWORD_RESETS.labels("invalid").inc()
-            raise Problem(400, "This password reset link is invalid or has expired.", kind="invalid-reset-link")
-        user.password_hash = await passwords.hash_password(password)
-        ended = await self.end_all_sessions(user.id)
-        await events.append(db, "user.password_reset", {"user_id": str(user.id), "sessions_ended": len(ended)},
-                            user_id=user.id)
-        await db.commit()
-        await self.store.spend_one_time(RESET_PURPOSE, token)
+        password_hash = await passwords.hash_password(password)
+        async with self.store.one_time(RESET_PURPOSE, token) as user_id, db.begin():
+            user = await queries.user_by_id(db, user_id, for_update=True) if user_id else None
+            if user is None:
+                PASSWORD_RESETS.labels("invalid").inc()
+                raise INVALID_RESET_LINK("This password reset link is invalid or has expired.")
+            user.password_hash = password_hash
+            ended = await self.end_all_sessions(user.id)  # before the commit: a failure leaves them ended
+            await events.append(
+                db,
+                "user.password_reset",
+                {"user_id": str(user.id), "sessions_ended": len(ended)},
+                user_id=user.id,
+            )
         # Whoever holds the link owns the address: the account-wide lockout no longer binds them.
         await self.throttle.reset(account_key(user.email))
         PASSWORD_RESETS.labels("completed").inc()
         log.info("password reset", user_id=str(user.id), sessions_ended=len(ended))
 
     async def set_disabled(self, db: AsyncSession, email: str, disabled: bool) -> User:
-        user = (await db.execute(select(User).where(User.email == email.lower()).with_for_update())).scalar_one_or_none()
-        if user is None:
-            raise Problem(404, f"No account has the address {email.lower()}.", kind="unknown-user")
-        if disabled and user.disabled_at is None:
-            ended = await self.end_all_sessions(user.id)
-            user.disabled_at = datetime.now(UTC)
-            await events.append(db, "user.disabled", {"user_id": str(user.id), "sessions_ended": len(ended)},
-                                user_id=user.id)
-        elif not disabled and user.disabled_at is not None:
-            user.disabled_at = None
-            await events.append(db, "user.enabled", {"user_id": str(user.id)}, user_id=user.id)
-        await db.commit()
+        async with db.begin():
+            user = await queries.user_by_email(db, email, for_update=True)
+            if user is None:
+                raise UNKNOWN_USER(f"No account has the address {email.lower()}.")
+            if disabled and user.disabled_at is None:
+                ended = await self.end_all_sessions(user.id)  # before the commit: a failure leaves them ended
+                user.disabled_at = datetime.now(UTC)
+                await events.append(
+                    db,
+                    "user.disabled",
+                    {"user_id": str(user.id), "sessions_ended": len(ended)},
+                    user_id=user.id,
+                )
+            elif not disabled and user.disabled_at is not None:
+                user.disabled_at = None
+                await events.append(db, "user.enabled", {"user_id": str(user.id)}, user_id=user.id)
         return user
 
-    async def me(self, db: AsyncSession, user_id: uuid.UUID) -> User:
-        user = await db.get(User, user_id)
+    async def me(self, db: ReadSession, user_id: uuid.UUID) -> User:
+        user = await queries.user_by_id(db, user_id)
         if user is None:
-            raise Problem(404, "This account no longer exists.", kind="unknown-user")
+            raise UNKNOWN_USER("This account no longer exists.")
         return user
 
     def _tokens(self, user: User, family: str, refresh_token: str, device_token: str | None = None) -> Tokens:
@@ -339,7 +429,7 @@ def account_key(email: str) -> str:
 
 
 def _too_many(retry_after: int) -> Problem:
-    return Problem(
-        429, f"Too many login attempts; try again in {retry_after} seconds.", kind="too-many-attempts",
+    return TOO_MANY_ATTEMPTS(
+        f"Too many login attempts; try again in {retry_after} seconds.",
         headers={"Retry-After": str(retry_after)},
     )

@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
 
-from redis.asyncio import Redis
+from prognetwork.kit.cache import TextRedis
 
 
 def digest(token: str) -> str:
@@ -57,6 +59,19 @@ def _device_key(h: str) -> str:
     return f"auth:device:{h}"
 
 
+def _user_devices_key(user_id: uuid.UUID) -> str:
+    return f"auth:user-devices:{user_id}"
+
+
+# Take a one-time token: its value and remaining lifetime, deleted in the same step.
+_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if not value then return {false, 0} end
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {value, ttl}
+"""
+
 # Spend a refresh token atomically: exactly one caller gets 'ok' for a given token.
 _SPEND = """
 local value = redis.call('GET', KEYS[1])
@@ -86,10 +101,11 @@ class Rotation:
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, refresh_ttl_seconds: int) -> None:
+    def __init__(self, redis: TextRedis, refresh_ttl_seconds: int) -> None:
         self.redis = redis
         self.ttl_ms = refresh_ttl_seconds * 1000
         self._spend = redis.register_script(_SPEND)
+        self._claim = redis.register_script(_CLAIM)
 
     async def start(self, user_id: uuid.UUID) -> tuple[str, str]:
         """A new session family and its first refresh token."""
@@ -119,18 +135,26 @@ class SessionStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(_refresh_key(digest(fresh)), f"{family}:{user_id}", px=self.ttl_ms)
             pipe.pexpire(_family_key(family), self.ttl_ms)
+            # The index lives as long as its longest-lived family, or revoke_all would miss this one.
+            pipe.pexpire(_user_families_key(user_id), self.ttl_ms)
             await pipe.execute()
         return Rotation(Outcome.ROTATED, user_id, family, fresh)
 
-    async def revoke(self, token: str) -> tuple[str, uuid.UUID] | None:
-        """End the session a refresh token belongs to; None if the token is unknown."""
+    async def session_of(self, token: str) -> tuple[str, uuid.UUID] | None:
+        """The (family, user) a refresh token belongs to, spent or not; None if unknown."""
         h = digest(token)
         value = await self.redis.get(_refresh_key(h)) or await self.redis.get(_spent_key(h))
         if not value:
             return None
         family, user = value.split(":", 1)
-        await self.redis.delete(_family_key(family), _refresh_key(h))
         return family, uuid.UUID(user)
+
+    async def end(self, family: str, user_id: uuid.UUID, token: str) -> None:
+        """End a session: its refresh tokens stop rotating."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_family_key(family), _refresh_key(digest(token)))
+            pipe.srem(_user_families_key(user_id), family)
+            await pipe.execute()
 
     async def revoke_all(self, user_id: uuid.UUID) -> list[str]:
         """End every session of a user; returns their family ids (their access tokens' `sid`)."""
@@ -156,22 +180,42 @@ class SessionStore:
             await pipe.execute()
         return token
 
-    async def peek_one_time(self, purpose: str, token: str) -> uuid.UUID | None:
-        value = await self.redis.get(_one_time_key(purpose, digest(token)))
-        return uuid.UUID(value) if value else None
+    @asynccontextmanager
+    async def one_time(self, purpose: str, token: str) -> AsyncIterator[uuid.UUID | None]:
+        """Use a one-time token: the user it names (None if unknown or spent).
 
-    async def spend_one_time(self, purpose: str, token: str) -> None:
-        await self.redis.delete(_one_time_key(purpose, digest(token)))
+        It is claimed atomically on entry, so two concurrent uses cannot both succeed; if the
+        block raises, it is put back with the time it had left, so a failed change leaves the
+        link usable; if the block completes, it stays spent.
+        """
+        key = _one_time_key(purpose, digest(token))
+        value, ttl_ms = await self._claim(keys=[key])
+        try:
+            yield uuid.UUID(value) if value else None
+        except BaseException:
+            if value and int(ttl_ms) > 0:
+                await self.redis.set(key, value, px=int(ttl_ms), nx=True)
+            raise
 
     async def issue_device(self, user_id: uuid.UUID, ttl_seconds: int, replacing: str | None = None) -> str:
         """A device token for a client that just proved the password (the one it sent is replaced)."""
         token = new_token()
+        devices = _user_devices_key(user_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             if replacing:
                 pipe.delete(_device_key(digest(replacing)))
+                pipe.srem(devices, digest(replacing))
             pipe.set(_device_key(digest(token)), str(user_id), ex=ttl_seconds)
+            pipe.sadd(devices, digest(token))
+            pipe.expire(devices, ttl_seconds)
             await pipe.execute()
         return token
+
+    async def forget_devices(self, user_id: uuid.UUID) -> None:
+        """Every device of a user becomes unknown again (after a password reset, when disabled)."""
+        devices = _user_devices_key(user_id)
+        known = await self.redis.smembers(devices)
+        await self.redis.delete(*(_device_key(h) for h in known), devices)
 
     async def device_owner(self, token: str) -> uuid.UUID | None:
         value = await self.redis.get(_device_key(digest(token)))

@@ -17,11 +17,16 @@ def upgrade() -> None:
     # CONCURRENTLY: the event log only grows; building the index must not block appends.
     with op.get_context().autocommit_block():
         op.create_index(
-            "ix_events_tenant_id_seq", "events", ["tenant_id", "seq"],
-            postgresql_concurrently=True, if_not_exists=True,
+            "ix_events_tenant_id_seq",
+            "events",
+            ["tenant_id", "seq"],
+            postgresql_concurrently=True,
+            if_not_exists=True,
         )
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.drop_index("ix_events_tenant_id_seq", table_name="events", postgresql_concurrently=True, if_exists=True)
+        op.drop_index(
+            "ix_events_tenant_id_seq", table_name="events", postgresql_concurrently=True, if_exists=True
+        )

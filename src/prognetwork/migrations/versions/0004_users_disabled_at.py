@@ -19,7 +19,10 @@ def upgrade() -> None:
     op.add_column("users", sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True))
     # Serves the purge of unverified registrations that were never completed.
     op.create_index(
-        "ix_users_unverified_created_at", "users", ["created_at"], postgresql_where=sa.text("email_verified_at IS NULL")
+        "ix_users_unverified_created_at",
+        "users",
+        ["created_at"],
+        postgresql_where=sa.text("email_verified_at IS NULL"),
     )
 
 

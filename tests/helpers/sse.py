@@ -1,22 +1,16 @@
-"""What the streaming tests share (no tests here): tokens, an SSE reader, servers in threads."""
+"""Reading Server-Sent Events streams: open one, parse it in the background, wait for events."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import uvicorn
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from prognetwork.kit.events import append
-from prognetwork.users.keys import load_key
-from tests.support import AUDIENCE, ISSUER, bearer, eventually, eventually_async, free_port, mint  # noqa: F401
+from tests.helpers.polling import eventually_async
+from tests.helpers.tokens import bearer
 
 
 @dataclass
@@ -115,42 +109,3 @@ async def open_stream(session: aiohttp.ClientSession, url: str, token: str, *, l
 def client_session() -> aiohttp.ClientSession:
     # Large read buffer: one SSE data line may hold a whole (large) event.
     return aiohttp.ClientSession(read_bufsize=1 << 20)
-
-
-async def append_events(sessions, count: int, *, type: str = "test.burst", user_id=None, tenant_id=None,
-                        private: bool = False, per_transaction: int = 1, payload: dict | None = None) -> list[int]:
-    """Append `count` events; their sequence numbers."""
-    seqs = []
-    while len(seqs) < count:
-        async with sessions() as session, session.begin():
-            for _ in range(min(per_transaction, count - len(seqs))):
-                event = await append(session, type, {"n": len(seqs), **(payload or {})},
-                                     user_id=user_id, tenant_id=tenant_id, private=private)
-                seqs.append(event.seq)
-    return seqs
-
-
-class ThreadServer:
-    """An ASGI app served by uvicorn on a free port, in a thread with its own event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        eventually(lambda: self.server.started or not self.thread.is_alive(), timeout=20, what="server to start")
-        assert self.server.started, "server failed to start"
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
-def jwks_app(signing_key: str) -> Starlette:
-    async def keys(request):
-        return JSONResponse({"keys": [load_key(signing_key).jwk]})
-
-    return Starlette(routes=[Route("/.well-known/jwks.json", keys)])

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from tests.support import eventually, free_port
+from tests.helpers.polling import eventually
+from tests.helpers.ports import free_port
 
 
 @dataclass

@@ -1,12 +1,15 @@
-"""Account helpers the user-service tests share: register, verify, log in, read problems."""
+"""User accounts through the user service's API: register, verify, log in."""
 
 from __future__ import annotations
 
 import json
-
-from tests.conftest import unique_email
+import uuid
 
 PASSWORD = "correct horse battery staple"
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}@example.com"
 
 
 async def register(client, email: str | None = None, password: str = PASSWORD, name: str = "Ada"):
@@ -16,6 +19,7 @@ async def register(client, email: str | None = None, password: str = PASSWORD, n
 
 
 async def verification_token(db, email: str) -> str:
+    """The one-time token of the latest verification email to `email`, read from the event log."""
     row = await db.fetchrow(
         "SELECT payload FROM events WHERE type = 'user.email_verification_requested' "
         "AND payload->>'email' = $1 ORDER BY seq DESC LIMIT 1",
@@ -35,13 +39,3 @@ async def verified_user(client, db, email: str | None = None, password: str = PA
 
 async def login(client, email: str, password: str = PASSWORD):
     return await client.post("/v1/auth/login", json={"email": email, "password": password})
-
-
-def assert_problem(response, status: int, kind: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["detail"] and body["title"]
-    if kind:
-        assert body["type"].endswith("/" + kind), body
-    return body

@@ -1,0 +1,36 @@
+"""The user service's settings: token lifetimes, sign-in protection and links in emails."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from prognetwork.kit.settings import Settings, https_problems
+
+
+class UsersSettings(Settings):
+    # Where links in emails point (the web client).
+    app_url: str = Field("http://localhost:3000", alias="APP_URL")
+    access_token_ttl_seconds: int = Field(900, alias="ACCESS_TOKEN_TTL_SECONDS", ge=30, le=3600)
+    refresh_token_ttl_seconds: int = Field(30 * 86400, alias="REFRESH_TOKEN_TTL_SECONDS", ge=300)
+    email_token_ttl_seconds: int = Field(86400, alias="EMAIL_TOKEN_TTL_SECONDS", ge=60)
+
+    # Login throttling (the policy is in README "Sign-in protection"): failures per account from one
+    # address or one known device, failures per account from all unknown devices together,
+    # attempts per client address, and how long a known device stays known.
+    login_failures_per_account: int = Field(5, alias="LOGIN_FAILURES_PER_ACCOUNT", ge=1)
+    login_failures_per_account_unknown_devices: int = Field(
+        20, alias="LOGIN_FAILURES_PER_ACCOUNT_UNKNOWN_DEVICES", ge=1
+    )
+    login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS", ge=1)
+    login_attempts_per_address: int = Field(30, alias="LOGIN_ATTEMPTS_PER_ADDRESS", ge=1)
+    login_address_window_seconds: int = Field(300, alias="LOGIN_ADDRESS_WINDOW_SECONDS", ge=1)
+    device_token_ttl_seconds: int = Field(90 * 86400, alias="DEVICE_TOKEN_TTL_SECONDS", ge=3600)
+    password_reset_ttl_seconds: int = Field(3600, alias="PASSWORD_RESET_TTL_SECONDS", ge=60, le=86400)
+    # Registration and password-reset emails to one address per hour (more are dropped silently).
+    emails_per_address_per_hour: int = Field(5, alias="EMAILS_PER_ADDRESS_PER_HOUR", ge=1)
+    # A registration never verified is deleted after this long (its address is free again before that:
+    # registering it anew replaces the unverified account).
+    unverified_account_ttl_seconds: int = Field(7 * 86400, alias="UNVERIFIED_ACCOUNT_TTL_SECONDS", ge=3600)
+
+    def own_problems(self) -> list[str]:
+        return https_problems("APP_URL", self.app_url)
