@@ -48,7 +48,7 @@ from prognetwork.users.problems import (
     UNKNOWN_USER,
     VERIFICATION_PASSWORD_MISMATCH,
 )
-from prognetwork.users.sessions import Outcome, SessionStore, digest
+from prognetwork.users.sessions import Reused, Rotated, SessionStore, digest
 from prognetwork.users.settings import UsersSettings
 
 log = structlog.get_logger("prognetwork.users")
@@ -231,14 +231,14 @@ class Accounts:
         email = email.lower()
         async with db.begin():  # a short read: the password check below holds no transaction open
             user = await queries.user_by_email(db, email)
+        # The device token, if it names a device this account logged in from before.
         known_device = (
-            device_token is not None
-            and user is not None
-            and await self.store.device_owner(device_token) == user.id
+            device_token
+            if device_token and user and await self.store.device_owner(device_token) == user.id
+            else None
         )
-        if known_device:
-            assert device_token is not None
-            limits = [(f"throttle:login:device:{digest(device_token)}", s.login_failures_per_account)]
+        if known_device is not None:
+            limits = [(f"throttle:login:device:{digest(known_device)}", s.login_failures_per_account)]
         else:
             account = account_key(email)
             limits = [
@@ -254,10 +254,11 @@ class Accounts:
                 LOGINS.labels("throttled").inc()
                 raise _too_many(window.retry_after_seconds)
 
-        if not await passwords.verify_password(user.password_hash if user else None, password):
+        # Checked (against a decoy hash) for unknown addresses too: the same time either way.
+        verified = await passwords.verify_password(user.password_hash if user else None, password)
+        if user is None or not verified:
             LOGINS.labels("invalid_credentials").inc()
             raise INVALID_CREDENTIALS("The email or password is incorrect.")
-        assert user is not None
         # The owner proved the password from here: this address's (or device's) count starts over.
         # The account-wide count only gets this attempt back, or a success would hand a
         # distributed guesser a fresh allowance.
@@ -275,9 +276,7 @@ class Accounts:
             await passwords.hash_password(password) if passwords.needs_rehash(user.password_hash) else None
         )
         family, refresh_token = await self.store.start(user.id)
-        device = await self.store.issue_device(
-            user.id, s.device_token_ttl_seconds, replacing=device_token if known_device else None
-        )
+        device = await self.store.issue_device(user.id, s.device_token_ttl_seconds, replacing=known_device)
         async with db.begin():
             if rehashed is not None:
                 await queries.set_password_hash(db, user.id, rehashed)
@@ -290,8 +289,7 @@ class Accounts:
     async def refresh(self, db: AsyncSession, refresh_token: str) -> Tokens:
         rotation = await self.store.rotate(refresh_token)
         REFRESHES.labels(rotation.outcome.value).inc()
-        if rotation.outcome is Outcome.REUSED:
-            assert rotation.family is not None
+        if isinstance(rotation, Reused):
             # The stolen-token case: whoever holds the family's access tokens is locked out now too.
             await self.revocations.revoke([rotation.family], self.settings.access_token_ttl_seconds)
             async with db.begin():
@@ -309,10 +307,9 @@ class Accounts:
             raise REFRESH_TOKEN_REUSED(
                 "This refresh token was already used; the session has been revoked. Log in again."
             )
-        user = await queries.user_by_id(db, rotation.user_id) if rotation.user_id else None
-        if rotation.outcome is not Outcome.ROTATED or user is None or user.disabled_at is not None:
+        user = await queries.user_by_id(db, rotation.user_id) if isinstance(rotation, Rotated) else None
+        if not isinstance(rotation, Rotated) or user is None or user.disabled_at is not None:
             raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
-        assert rotation.family and rotation.refresh_token
         return self._tokens(user, rotation.family, rotation.refresh_token)
 
     async def logout(self, db: AsyncSession, refresh_token: str) -> None:

@@ -93,11 +93,32 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Rotation:
-    outcome: Outcome
-    user_id: uuid.UUID | None = None
-    family: str | None = None
-    refresh_token: str | None = None
+class Rotated:
+    """The token was spent; `refresh_token` is the family's next one."""
+
+    user_id: uuid.UUID
+    family: str
+    refresh_token: str
+    outcome: Outcome = Outcome.ROTATED
+
+
+@dataclass(frozen=True, slots=True)
+class Reused:
+    """A spent token came back: the family has been ended."""
+
+    user_id: uuid.UUID
+    family: str
+    outcome: Outcome = Outcome.REUSED
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Unknown, expired, or of a family that was ended."""
+
+    outcome: Outcome = Outcome.INVALID
+
+
+Rotation = Rotated | Reused | Invalid
 
 
 class SessionStore:
@@ -123,14 +144,14 @@ class SessionStore:
         h = digest(token)
         status, value = await self._spend(keys=[_refresh_key(h), _spent_key(h)], args=[self.ttl_ms])
         if status == "unknown":
-            return Rotation(Outcome.INVALID)
+            return Invalid()
         family, user = value.split(":", 1)
         user_id = uuid.UUID(user)
         if status == "reused":
             await self.redis.delete(_family_key(family))
-            return Rotation(Outcome.REUSED, user_id, family)
+            return Reused(user_id, family)
         if not await self.redis.exists(_family_key(family)):
-            return Rotation(Outcome.INVALID, user_id, family)
+            return Invalid()
         fresh = new_token()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(_refresh_key(digest(fresh)), f"{family}:{user_id}", px=self.ttl_ms)
@@ -138,7 +159,7 @@ class SessionStore:
             # The index lives as long as its longest-lived family, or revoke_all would miss this one.
             pipe.pexpire(_user_families_key(user_id), self.ttl_ms)
             await pipe.execute()
-        return Rotation(Outcome.ROTATED, user_id, family, fresh)
+        return Rotated(user_id, family, fresh)
 
     async def session_of(self, token: str) -> tuple[str, uuid.UUID] | None:
         """The (family, user) a refresh token belongs to, spent or not; None if unknown."""
