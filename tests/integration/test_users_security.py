@@ -355,3 +355,22 @@ async def test_account_emails_to_one_address_are_bounded(users, db, users_settin
         "SELECT count(*) FROM events WHERE type = 'user.email_verification_requested' AND payload->>'email' = $1",
         victim)
     assert sent == users_settings.emails_per_address_per_hour
+
+
+async def test_a_login_racing_a_password_reset_keeps_no_session(users, db):
+    """A login whose password check straddles a reset must not come out with a live session
+    proved by the old password (the reset ends sessions before and after its commit, and the
+    login checks the sessions epoch around its own)."""
+    for _ in range(5):
+        email = await verified_user(users, db)
+        await users.post("/v1/auth/password-reset", json={"email": email})
+        token = await reset_token(db, email)
+        raced, reset = await asyncio.gather(
+            login(users, email),
+            users.post("/v1/auth/password-reset/confirm", json={"token": token, "password": NEW_PASSWORD}),
+        )
+        assert reset.status_code == 204
+        if raced.status_code == 200:  # the login finished first: the reset must have ended it
+            await assert_signed_out(users, raced.json())
+        else:
+            assert_problem(raced, 401, "invalid-credentials")

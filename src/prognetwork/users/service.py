@@ -231,6 +231,8 @@ class Accounts:
         email = email.lower()
         async with db.begin():  # a short read: the password check below holds no transaction open
             user = await queries.user_by_email(db, email)
+        # Read before the password is: a reset or disable finishing meanwhile moves it (see below).
+        epoch = await self.store.epoch(user.id) if user else 0
         # The device token, if it names a device this account logged in from before.
         known_device = (
             device_token
@@ -276,6 +278,12 @@ class Accounts:
             await passwords.hash_password(password) if passwords.needs_rehash(user.password_hash) else None
         )
         family, refresh_token = await self.store.start(user.id)
+        if await self.store.epoch(user.id) != epoch:
+            # Every session was ended (a reset, a disable) while this password was being checked:
+            # what it proved may no longer hold, so the session just started ends too.
+            await self.store.end(family, user.id, refresh_token)
+            LOGINS.labels("invalid_credentials").inc()
+            raise INVALID_CREDENTIALS("The email or password is incorrect.")
         device = await self.store.issue_device(user.id, s.device_token_ttl_seconds, replacing=known_device)
         async with db.begin():
             if rehashed is not None:
@@ -382,6 +390,9 @@ class Accounts:
                 {"user_id": str(user.id), "sessions_ended": len(ended)},
                 user_id=user.id,
             )
+        # Again once the new password is visible: a login that read the old one before the commit
+        # may have started its session after the first round; this ends it (see `login`'s epoch).
+        await self.end_all_sessions(user.id)
         # Whoever holds the link owns the address: the account-wide lockout no longer binds them.
         await self.throttle.reset(account_key(user.email))
         PASSWORD_RESETS.labels("completed").inc()
@@ -404,6 +415,10 @@ class Accounts:
             elif not disabled and user.disabled_at is not None:
                 user.disabled_at = None
                 await events.append(db, "user.enabled", {"user_id": str(user.id)}, user_id=user.id)
+        if disabled:
+            # Again once `disabled_at` is visible: a login that read the account before the commit
+            # may have started its session after the first round (see `login`'s epoch).
+            await self.end_all_sessions(user.id)
         return user
 
     async def me(self, db: ReadSession, user_id: uuid.UUID) -> User:

@@ -43,6 +43,10 @@ def _family_key(family: str) -> str:
     return f"auth:family:{family}"
 
 
+def _epoch_key(user_id: uuid.UUID) -> str:
+    return f"auth:user-epoch:{user_id}"
+
+
 def _user_families_key(user_id: uuid.UUID) -> str:
     return f"auth:user-families:{user_id}"
 
@@ -177,8 +181,18 @@ class SessionStore:
             pipe.srem(_user_families_key(user_id), family)
             await pipe.execute()
 
+    async def epoch(self, user_id: uuid.UUID) -> int:
+        """How many times every session of this user was ended (a login compares it before and after)."""
+        return int(await self.redis.get(_epoch_key(user_id)) or 0)
+
     async def revoke_all(self, user_id: uuid.UUID) -> list[str]:
         """End every session of a user; returns their family ids (their access tokens' `sid`)."""
+        # The epoch moves first: a login that read the old one before this and starts its session
+        # after the families are read below sees the change and ends what it started.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(_epoch_key(user_id))
+            pipe.pexpire(_epoch_key(user_id), self.ttl_ms)
+            await pipe.execute()
         families = sorted(await self.redis.smembers(_user_families_key(user_id)))
         if families:
             await self.redis.delete(*(_family_key(f) for f in families), _user_families_key(user_id))
