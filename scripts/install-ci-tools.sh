@@ -9,17 +9,8 @@
 # Safe to run again: when everything is in place it only checks, in well under a second.
 set -euo pipefail
 
-# Output of the installers goes to a log, shown only when an install fails.
-quiet() {
-    local log
-    log="$(mktemp)"
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log" >&2
-        rm -f "$log"
-        return 1
-    fi
-    rm -f "$log"
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 die() {
     echo "install-ci-tools: $*" >&2
