@@ -174,10 +174,15 @@ class _RefusesHeads:
     # Typed differently by the two protocols: each subclass declares them again with its own types.
     config: ServerConfig
     cycle: _Cycle | None  # None until the first request
-    # Set by each protocol's __init__.
     _refused: str | None  # which limit: "bytes" or "count"
     _answered: bool
     _linger: asyncio.TimerHandle | None
+
+    def _init_refusal(self) -> None:
+        """Each protocol's __init__ calls this: nothing refused yet on a new connection."""
+        self._refused = None
+        self._answered = False
+        self._linger = None
 
     def _refuse_head(self, limit: str) -> None:
         if self._refused:
@@ -242,9 +247,7 @@ if HAS_HTTPTOOLS:
             self._exceeded: str | None = None
             self._body_seen = False  # the last read gave the body something
             self._not_body = 0  # bytes of consecutive reads in the body that were no body
-            self._refused = None
-            self._answered = False
-            self._linger = None
+            self._init_refusal()
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -372,9 +375,7 @@ class BoundedH11Protocol(_RefusesHeads, H11Protocol):
     def __init__(self, config: ServerConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.conn = _CountingConnection(config.max_header_bytes, config.max_header_count)
-        self._refused = None
-        self._answered = False
-        self._linger = None
+        self._init_refusal()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

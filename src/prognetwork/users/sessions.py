@@ -198,9 +198,6 @@ class SessionStore:
             await self.redis.delete(*(_family_key(f) for f in families), _user_families_key(user_id))
         return families
 
-    async def family_active(self, family: str) -> bool:
-        return bool(await self.redis.exists(_family_key(family)))
-
     async def issue_one_time(self, purpose: str, user_id: uuid.UUID, ttl_seconds: int) -> str:
         """A new one-time token; the user's previous token of this purpose stops working."""
         token = new_token()
