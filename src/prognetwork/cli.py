@@ -222,6 +222,11 @@ def up(
         issuer = next((s for s in specs.values() if "JWT_SIGNING_KEYS" in s.secrets), None)
         if issuer is not None:  # where verifiers fetch the token issuer's public keys
             env.setdefault("JWKS_URL", f"http://127.0.0.1:{ports[issuer.name]}/.well-known/jwks.json")
+        if "billing-service" in specs and not os.environ.get("STRIPE_SECRET_KEY"):
+            stripe_url, stop_stripe = _start_stripe_fake(specs, ports, state, port_offset)
+            stoppers.append(stop_stripe)
+            env["STRIPE_API_BASE"] = stripe_url
+            out.print(f"Stripe fake (STRIPE_SECRET_KEY is unset): {stripe_url}")
         for name in names:
             children[name] = _spawn(specs[name], ports[name], ops_ports[name], env)
         _wait_ready(ops_ports, children)
@@ -288,14 +293,58 @@ def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tu
         start_new_session=True,
     )
 
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    return f"http://{address}", _stopper(process, 15)
 
-    return f"http://{address}", stop
+
+STRIPE_FAKE_PORT = 12111
+
+
+def _start_stripe_fake(
+    specs: dict[str, ServiceSpec], ports: dict[str, int], state: Path, offset: int
+) -> tuple[str, Callable[[], None]]:
+    """The local Stripe stand-in (prognetwork.fakes.stripe), signing webhooks with the development
+    secret the billing service verifies. Webhooks take the public route through the gateway when
+    it runs, as Stripe's would."""
+    from prognetwork.billing import settings as billing
+
+    port = STRIPE_FAKE_PORT + offset
+    edge = next((s for s in specs.values() if s.edge), None)
+    if edge is not None:
+        webhook_url = f"http://127.0.0.1:{ports[edge.name]}/api/v1/billing/webhooks/stripe"
+    else:
+        webhook_url = f"http://127.0.0.1:{ports['billing-service']}/v1/billing/webhooks/stripe"
+    log_path = state / "stripe-fake.log"
+    command = [sys.executable, "-m", "prognetwork.fakes.stripe", "--host", "127.0.0.1", "--port", str(port)]
+    command += [
+        "--api-key",
+        billing.DEV_STRIPE_SECRET_KEY,
+        "--webhook-secret",
+        billing.DEV_STRIPE_WEBHOOK_SECRET,
+    ]
+    command += ["--webhook-url", webhook_url, "--public-url", f"http://localhost:{port}"]
+    child = subprocess.Popen(  # noqa: S603 - this interpreter and fixed arguments, no shell
+        command, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        process.wait_ready({"stripe-fake": (child, f"http://127.0.0.1:{port}")}, 30, path="/_fake/health")
+    except process.NotReady as exc:
+        child.kill()
+        raise fail(f"{exc}; see {log_path}") from None
+
+    return f"http://127.0.0.1:{port}", _stopper(child, 10)
+
+
+def _stopper(child: subprocess.Popen, timeout: float) -> Callable[[], None]:
+    """Stops a helper process: SIGTERM, then SIGKILL after `timeout` seconds."""
+
+    def stop() -> None:
+        child.terminate()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+    return stop
 
 
 def _spawn(spec: ServiceSpec, port: int, ops_port: int, env: dict[str, str]) -> subprocess.Popen:

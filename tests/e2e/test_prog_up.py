@@ -70,7 +70,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
                         if child.cmdline()[2:4] == ["prognetwork", "serve"]}
         assert {name: env.get("FORWARDED_ALLOW_IPS") for name, env in environments.items()} == {
             "api-gateway": None, "user-service": "127.0.0.1", "notification-service": "127.0.0.1",
-            "event-streaming": "127.0.0.1"}
+            "event-streaming": "127.0.0.1", "billing-service": "127.0.0.1"}
         assert set(environments) == set(specs)
         # Each finds the others at <NAME>_URL, and the token issuer's keys at JWKS_URL.
         for env in environments.values():

@@ -33,8 +33,16 @@ DEFAULT_ROUTES = [
     Route(prefix="/api/v1/auth/refresh", upstream="user-service", public=True, limit="auth"),
     Route(prefix="/api/v1/auth/verify-email", upstream="user-service", public=True, limit="auth"),
     Route(prefix="/api/v1/auth/password-reset", upstream="user-service", public=True, limit="auth"),
+    # Its credential is the refresh token in the body, as for /refresh.
+    Route(prefix="/api/v1/auth/switch-tenant", upstream="user-service", public=True, limit="auth"),
     Route(prefix="/api/v1/auth", upstream="user-service"),
     Route(prefix="/api/v1/users", upstream="user-service"),
+    Route(prefix="/api/v1/tenants", upstream="user-service"),
+    Route(prefix="/api/v1/invitations", upstream="user-service"),
+    Route(prefix="/api/v1/billing/plans", upstream="billing-service", public=True, limit="anonymous"),
+    # Stripe calls this; the billing service verifies Stripe's signature on every delivery.
+    Route(prefix="/api/v1/billing/webhooks/stripe", upstream="billing-service", public=True, limit="webhooks"),
+    Route(prefix="/api/v1/billing", upstream="billing-service"),
     Route(prefix="/api/v1/events/stream", upstream="event-streaming", stream=True),
     Route(prefix="/api/v1/events", upstream="event-streaming"),
     Route(
@@ -52,6 +60,8 @@ DEVELOPMENT_ROUTES = [
 DEFAULT_RATE_LIMITS = {
     "auth": RateLimit(requests=30, window_seconds=60),
     "anonymous": RateLimit(requests=300, window_seconds=60),
+    # Per source address; Stripe retries what is refused, so a burst after an outage is delayed, not lost.
+    "webhooks": RateLimit(requests=600, window_seconds=60),
     "default": RateLimit(requests=1200, window_seconds=60),
 }
 
@@ -61,6 +71,7 @@ class GatewaySettings(Settings):
     user_service_url: str = Field("http://127.0.0.1:3007", alias="USER_SERVICE_URL")
     event_streaming_url: str = Field("http://127.0.0.1:8001", alias="EVENT_STREAMING_URL")
     notification_service_url: str = Field("http://127.0.0.1:3004", alias="NOTIFICATION_SERVICE_URL")
+    billing_service_url: str = Field("http://127.0.0.1:3003", alias="BILLING_SERVICE_URL")
     gateway_upstreams: dict[str, str] = Field(default_factory=dict, alias="GATEWAY_UPSTREAMS")
     gateway_routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES), alias="GATEWAY_ROUTES")
     gateway_rate_limits: dict[str, RateLimit] = Field(
@@ -84,6 +95,7 @@ class GatewaySettings(Settings):
             "user-service": self.user_service_url,
             "event-streaming": self.event_streaming_url,
             "notification-service": self.notification_service_url,
+            "billing-service": self.billing_service_url,
         }
         return {**defaults, **self.gateway_upstreams}
 

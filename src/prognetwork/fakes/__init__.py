@@ -1,0 +1,1 @@
+"""Development stand-ins for third-party services."""
