@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def good_production(tmp_path) -> dict[str, str]:
     secrets.mkdir(exist_ok=True)
     (secrets / "JWT_SIGNING_KEYS").write_text(generate_pem())
     (secrets / "SENDGRID_API_KEY").write_text("SG.4fQ1c0b2Zt9xv8Lr3mWq.Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3")
+    (secrets / "STRIPE_SECRET_KEY").write_text("sk_live_51Hx4fQ1c0b2Zt9xv8Lr3mWqJp7Ks2Vn5Hc8Rd1Tg4Yb6")
+    (secrets / "STRIPE_WEBHOOK_SECRET").write_text("whsec_Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3")
     return {
         "PROG_ENV": "production",
         "DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal:5432/prog?sslmode=require",
@@ -38,6 +41,10 @@ def good_production(tmp_path) -> dict[str, str]:
         "SECRETS_BACKEND": "file",
         "SECRETS_DIR": str(secrets),
         "FORWARDED_ALLOW_IPS": "10.0.0.0/16",
+        "BILLING_PLANS": json.dumps([
+            {"name": "free", "seats": 3},
+            {"name": "pro", "price_id": "price_1QpR0Zt9xv8Lr3mW", "seats": 20},
+        ]),
     }
 
 

@@ -41,7 +41,9 @@ DEFAULT_ROUTES = [
     Route(prefix="/api/v1/invitations", upstream="user-service"),
     Route(prefix="/api/v1/billing/plans", upstream="billing-service", public=True, limit="anonymous"),
     # Stripe calls this; the billing service verifies Stripe's signature on every delivery.
-    Route(prefix="/api/v1/billing/webhooks/stripe", upstream="billing-service", public=True, limit="webhooks"),
+    Route(
+        prefix="/api/v1/billing/webhooks/stripe", upstream="billing-service", public=True, limit="webhooks"
+    ),
     Route(prefix="/api/v1/billing", upstream="billing-service"),
     Route(prefix="/api/v1/events/stream", upstream="event-streaming", stream=True),
     Route(prefix="/api/v1/events", upstream="event-streaming"),

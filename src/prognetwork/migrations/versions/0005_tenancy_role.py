@@ -23,7 +23,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     # The role is cluster-wide (other databases may use it): only this database's grants go.
     op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM {tenancy.TENANT_ROLE}")
-    op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON SEQUENCES FROM {tenancy.TENANT_ROLE}")
+    op.execute(
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON SEQUENCES FROM {tenancy.TENANT_ROLE}"
+    )
     op.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {tenancy.TENANT_ROLE}")
     op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {tenancy.TENANT_ROLE}")
     op.execute(f"REVOKE USAGE ON SCHEMA public FROM {tenancy.TENANT_ROLE}")
