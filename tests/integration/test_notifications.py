@@ -254,3 +254,55 @@ async def test_dev_outbox_does_not_exist_outside_development(serve_app, make_set
     client = await serve_app(app)
     assert app.state.runtime.provider.name == "sendgrid"
     assert_problem(await client.get("/v1/dev/outbox", params={"to": "a@example.com"}), 404)
+
+
+# -- tenants: invitations and failed payments -------------------------------------------------------
+
+async def test_an_invitation_emails_a_link_that_joins_the_tenant(users, notifications, db):
+    from tests.helpers.tenants import accept, create_tenant, person
+
+    ada, bob = await person(users, db, "ada"), await person(users, db, "bob")
+    tenant = await create_tenant(users, ada, f"Acme <b>Rockets</b> {uuid.uuid4().hex[:6]}")
+    invited = await users.post(f"/v1/tenants/{tenant['id']}/invitations", json={"email": bob.email},
+                               headers=ada.headers)
+    assert invited.status_code == 201
+
+    async def invitation_email():
+        return [m for m in await outbox_for(notifications, bob.email) if m["subject"].startswith("You are invited")]
+
+    (message,) = await eventually_async(invitation_email, what="invitation email")
+    assert message["subject"] == f"You are invited to join {tenant['name']} on ProgNetwork"
+    # The inviter's text is a name here, escaped: it cannot become markup in the message.
+    assert "<b>" not in message["html"] and "&lt;b&gt;Rockets&lt;/b&gt;" in message["html"]
+    token = re.search(r"/accept-invitation\?token=([\w-]+)", message["text"]).group(1)
+    assert (await accept(users, bob, token)).status_code == 201
+    kind = await db.fetchval("SELECT kind FROM email_messages WHERE recipient = $1 AND subject = $2",
+                             bob.email, message["subject"])
+    assert kind == "tenant-invitation"
+
+
+async def test_a_failed_payment_emails_each_owner_once(users, notifications, db, sessions):
+    from prognetwork.kit.events import append
+    from tests.helpers.tenants import create_tenant, join, person
+
+    ada = await person(users, db, "ada")
+    tenant = await create_tenant(users, ada)
+    bob = await join(users, db, ada, tenant["id"], "owner", "bob")
+    admin = await join(users, db, ada, tenant["id"], "admin", "admin")
+    async with sessions() as session, session.begin():
+        await append(session, "billing.payment_failed",
+                     {"tenant_id": tenant["id"], "invoice_id": "in_1", "amount_due": 4200, "currency": "eur"},
+                     tenant_id=uuid.UUID(tenant["id"]))
+
+    async def payment_emails(email: str):
+        return [m for m in await outbox_for(notifications, email) if m["subject"].startswith("Payment failed")]
+
+    for owner in (ada, bob):
+        (message,) = await eventually_async(lambda owner=owner: payment_emails(owner.email), what="payment email")
+        assert message["subject"] == f"Payment failed for {tenant['name']} on ProgNetwork"
+        assert "42.00 EUR" in message["text"] and f"/billing?tenant={tenant['id']}" in message["text"]
+    sent = await db.fetchval(
+        "SELECT count(*) FROM email_messages m JOIN events e ON e.id = m.event_id "
+        "WHERE e.tenant_id = $1 AND m.kind = 'payment-failed'", uuid.UUID(tenant["id"]))
+    assert sent == 2
+    assert await payment_emails(admin.email) == []

@@ -7,7 +7,8 @@ superuser connection (local development, tests) slips past it: a query that forg
 `WHERE tenant_id = …` finds nothing of another tenant rather than its rows.
 
 The rule for code: every statement on a tenant-scoped table runs in a transaction that called
-`scope()` first. Outside one the policy sees no tenant and the table looks empty.
+`scope()` first. Outside one, a connection that is not a superuser sees no tenant and the table
+looks empty; a superuser (local development, tests) sees every row until `scope()` switches role.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ async def scope(session: AsyncSession, tenant_id: uuid.UUID | None, user_id: uui
         _SCOPE,
         {"role": TENANT_ROLE, "tenant": str(tenant_id or ""), "user": str(user_id or "")},
     )
+
+
+_UNSCOPE = text(
+    "SELECT set_config('role', 'none', true), set_config('app.tenant_id', '', true), "
+    "set_config('app.user_id', '', true)"
+)
+
+
+async def unscope(session: AsyncSession) -> None:
+    """Back to the connection's own role and no tenant, for the rest of this transaction (a
+    consumer's batch handles events of several tenants, then advances its cursor)."""
+    await session.execute(_UNSCOPE)
 
 
 # -- what migrations run (op.execute each statement) -------------------------------------------

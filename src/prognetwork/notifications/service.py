@@ -81,12 +81,53 @@ def registration_attempted_email(payload: dict) -> Email:
     )
 
 
+# The invitee's address is not proved to us, and the tenant's name is text the inviter typed: it goes
+# in, because nobody can decide on an invitation without knowing what to, but only as a name (quoted
+# in the body) of at most 60 characters: no control characters (the API refuses them), HTML-escaped
+# by compose(). Nothing else the inviter chose goes in: no message, no name of theirs.
+def tenant_invitation_email(payload: dict) -> Email:
+    name = str(payload.get("tenant_name") or "a team")
+    name = name if len(name) <= 60 else name[:59] + "…"
+    return compose(
+        f"You are invited to join {name} on ProgNetwork",
+        f"You have been invited to join the ProgNetwork tenant “{name}” as {payload.get('role', 'member')}. "
+        "To accept, sign in (or register) with this email address and open:",
+        f"The link works once and expires in {_lifetime(payload, 7 * 86400)}. If you did not expect this "
+        "invitation, ignore this message: nothing happens unless you accept it.",
+        ("Accept the invitation", payload["accept_url"]),
+    )
+
+
+# To a tenant's owner (a verified address, and a member of the tenant whose name it quotes).
+def payment_failed_email(payload: dict) -> Email:
+    # Stripe's amounts are in the currency's smallest unit; these currencies have no minor unit.
+    zero_decimal = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv"}
+    zero_decimal |= {"xaf", "xof", "xpf"}
+    currency = str(payload.get("currency") or "").lower()
+    amount = payload.get("amount_due")
+    if isinstance(amount, int) and not isinstance(amount, bool) and currency.isalpha():
+        shown = f"{amount:,}" if currency in zero_decimal else f"{amount / 100:,.2f}"
+        due = f" of {shown} {currency.upper()}"
+    else:
+        due = ""
+    name = str(payload.get("tenant_name") or "your tenant")
+    return compose(
+        f"Payment failed for {name} on ProgNetwork",
+        f"We could not collect the payment{due} for the ProgNetwork tenant {name}. "
+        "Please update the payment method:",
+        "Until a payment succeeds, the tenant may be moved to the free plan and its limits.",
+        ("Update billing details", payload["billing_url"]),
+    )
+
+
 # Event type → (email kind, template). Events without a recipient-ready payload are skipped
 # (a reset requested for an address with no account carries no token).
 TEMPLATES = {
     "user.email_verification_requested": ("verify-email", verification_email, "verify_url"),
     "user.password_reset_requested": ("password-reset", password_reset_email, "reset_url"),
     "user.registration_attempted": ("registration-attempted", registration_attempted_email, "login_url"),
+    "tenant.member_invited": ("tenant-invitation", tenant_invitation_email, "accept_url"),
+    "tenant.payment_failed_notice": ("payment-failed", payment_failed_email, "billing_url"),
 }
 HANDLED_TYPES = frozenset(TEMPLATES)
 

@@ -47,6 +47,11 @@ class RefreshIn(Strict):
     refresh_token: TokenText = Field(min_length=1, max_length=200)
 
 
+class SwitchTenantIn(Strict):
+    refresh_token: TokenText = Field(min_length=1, max_length=200)
+    tenant_id: uuid.UUID
+
+
 class PasswordResetIn(Strict):
     email: Email = Field(max_length=320)
 
@@ -152,6 +157,21 @@ async def login(body: LoginIn, request: Request, db: WriteSession, svc: Svc, res
 async def refresh(body: RefreshIn, db: WriteSession, svc: Svc, response: Response) -> TokensOut:
     response.headers.update(NO_STORE)
     return TokensOut.of(await svc.refresh(db, body.refresh_token))
+
+
+@router.post(
+    "/v1/auth/switch-tenant",
+    response_model=TokensOut,
+    tags=["auth", "tenants"],
+    responses=problem_responses(
+        problems.INVALID_REFRESH_TOKEN, problems.REFRESH_TOKEN_REUSED, problems.TENANT_NOT_FOUND
+    ),
+)
+async def switch_tenant(body: SwitchTenantIn, db: WriteSession, svc: Svc, response: Response) -> TokensOut:
+    """Like a refresh, but the new access token carries the tenant (`tid`) and the caller's role in
+    it (`tenant_role`); later refreshes keep them while the caller is a member."""
+    response.headers.update(NO_STORE)
+    return TokensOut.of(await svc.switch_tenant(db, body.refresh_token, body.tenant_id))
 
 
 @router.post("/v1/auth/logout", status_code=204, tags=["auth"], responses=problem_responses())

@@ -1,4 +1,5 @@
-"""The user service's ASGI app: its routes, its runtime and the purge of expired registrations."""
+"""The user service's ASGI app: its routes, its runtime, the purge of expired registrations and the
+consumer of billing's events (a tenant's plan and seats, payment failures told to its owners)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from fastapi import FastAPI
 
 from prognetwork.kit import retry
 from prognetwork.kit.app import Lifecycle, create_service_app
-from prognetwork.users import SPEC, api
+from prognetwork.kit.events import Consumer
+from prognetwork.users import SPEC, api, tenant_api
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.runtime import Runtime, runtime_factory
 from prognetwork.users.settings import UsersSettings
+from prognetwork.users.tenants import BILLING_EVENT_TYPES
 
 PURGE_EVERY_SECONDS = 3600.0
 PURGE_RETRY_CAP_SECONDS = 300.0
+BILLING_CONSUMER = "user-service.billing"
 log = structlog.get_logger("prognetwork.users")
 
 
@@ -30,6 +34,19 @@ async def purge_unverified(runtime: Runtime, lifecycle: Lifecycle) -> None:
     await retry.run_forever(backoff, purge, lifecycle.stop, idle=PURGE_EVERY_SECONDS)
 
 
+async def consume_billing(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Durable: its cursor advances in the transaction that applies each event, so a restart
+    # neither loses nor repeats one; replicas share it (one works, the others stand by).
+    consumer = Consumer(
+        BILLING_CONSUMER,
+        runtime.database.sessions,
+        runtime.settings.database_dsn,
+        runtime.tenants.handle_billing_event,
+        types=BILLING_EVENT_TYPES,
+    )
+    await consumer.run(lifecycle.stop)
+
+
 def create_app(settings: UsersSettings | None = None) -> FastAPI:
     settings = settings or UsersSettings()
     keys = KeyRing(settings)
@@ -37,7 +54,7 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
     return create_service_app(
         SPEC,
         settings,
-        [api.router],
+        [api.router, tenant_api.router],
         runtime=runtime_factory(keys),
-        background=[purge_unverified],
+        background=[purge_unverified, consume_billing],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -11,8 +12,9 @@ from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.users.keys import InvalidToken
 from prognetwork.users.runtime import Runtime
 from prognetwork.users.service import Accounts
+from prognetwork.users.tenants import Tenants
 
-__all__ = ["Caller", "ReadOnlySession", "Svc", "WriteSession"]
+__all__ = ["Caller", "CallerId", "ReadOnlySession", "Svc", "TenantSvc", "WriteSession"]
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs two
@@ -28,6 +30,13 @@ async def accounts(request: Request) -> Accounts:
 Svc = Annotated[Accounts, Depends(accounts)]
 
 
+async def tenants(request: Request) -> Tenants:
+    return request.app.state.runtime.tenants
+
+
+TenantSvc = Annotated[Tenants, Depends(tenants)]
+
+
 async def caller_claims(request: Request, svc: Svc) -> dict[str, Any]:
     """The verified claims of the request's access token, whose session is still signed in."""
     token = bearer_token(request.headers.get("authorization"))
@@ -40,3 +49,14 @@ async def caller_claims(request: Request, svc: Svc) -> dict[str, Any]:
 
 
 Caller = Annotated[dict[str, Any], Depends(caller_claims)]
+
+
+async def caller_id(claims: Caller) -> uuid.UUID:
+    """The id of the signed-in caller (the verified token's subject)."""
+    try:
+        return uuid.UUID(claims["sub"])
+    except (KeyError, TypeError, ValueError):
+        raise invalid_token("its subject is not a user id") from None
+
+
+CallerId = Annotated[uuid.UUID, Depends(caller_id)]

@@ -15,6 +15,7 @@ from prognetwork.users.keys import KeyRing
 from prognetwork.users.service import Accounts
 from prognetwork.users.sessions import SessionStore
 from prognetwork.users.settings import UsersSettings
+from prognetwork.users.tenants import Tenants
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class Runtime:
     settings: UsersSettings
     database: Database
     accounts: Accounts
+    tenants: Tenants
 
 
 def build_accounts(settings: UsersSettings, redis: TextRedis, keys: KeyRing) -> Accounts:
@@ -38,6 +40,7 @@ def runtime_factory(keys: KeyRing) -> RuntimeFactory[UsersSettings, Runtime]:
     @asynccontextmanager
     async def open_runtime(settings: UsersSettings, connections: Connections) -> AsyncIterator[Runtime]:
         # Nothing of its own to open or close: the kit owns PostgreSQL and Redis.
-        yield Runtime(settings, connections.database, build_accounts(settings, connections.redis, keys))
+        accounts = build_accounts(settings, connections.redis, keys)
+        yield Runtime(settings, connections.database, accounts, Tenants(settings, accounts))
 
     return open_runtime

@@ -14,6 +14,9 @@ Invariants:
   so concurrent guesses cannot exceed a limit; see `login` for whom a lockout binds.
 - Writes happen inside `async with db.begin():` here, never in routes; where a Redis side effect
   sits relative to that block is where it happens relative to the commit.
+- A session may be switched into a tenant (`switch_tenant`): its access tokens then carry `tid` and
+  `tenant_role`, re-read from the membership at every refresh, so a removed member's next token
+  has no `tid` and a changed role shows at once. Membership reads run in a `tenancy.scope()`.
 """
 
 from __future__ import annotations
@@ -22,18 +25,20 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
 
 import structlog
 from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit import events
+from prognetwork.kit import events, tenancy
 from prognetwork.kit.db import ReadSession
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import Revocations
 from prognetwork.kit.throttle import Counter as WindowCounter
-from prognetwork.users import passwords, queries
+from prognetwork.users import passwords, queries, tenant_queries
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.models import User
 from prognetwork.users.problems import (
@@ -44,6 +49,7 @@ from prognetwork.users.problems import (
     INVALID_RESET_LINK,
     INVALID_VERIFICATION_LINK,
     REFRESH_TOKEN_REUSED,
+    TENANT_NOT_FOUND,
     TOO_MANY_ATTEMPTS,
     UNKNOWN_USER,
     VERIFICATION_PASSWORD_MISMATCH,
@@ -178,8 +184,12 @@ class Accounts:
         return True
 
     def _link(self, page: str, token: str | None = None) -> str:
+        return self.link(page, token=token) if token else self.link(page)
+
+    def link(self, page: str, **query: str) -> str:
+        """A link to a page of the web client (`APP_URL`), for emails."""
         url = f"{self.settings.app_url.rstrip('/')}/{page}"
-        return f"{url}?token={token}" if token else url
+        return f"{url}?{urlencode(query)}" if query else url
 
     def verify_url(self, token: str) -> str:
         return self._link("verify-email", token)
@@ -295,6 +305,57 @@ class Accounts:
         return self._tokens(user, family, refresh_token, device)
 
     async def refresh(self, db: AsyncSession, refresh_token: str) -> Tokens:
+        rotation = await self._rotate(db, refresh_token)
+        async with db.begin():
+            user = await self._active_user(db, rotation.user_id)
+            tenant_id = await self.store.tenant_of(rotation.family)
+            role = await self._tenant_role(db, tenant_id, user.id) if tenant_id else None
+        if tenant_id and role is None:
+            # No longer a member: this session leaves the tenant, and its tokens say so.
+            await self.store.set_tenant(rotation.family, None)
+        tenant = (tenant_id, role) if tenant_id and role else None
+        return self._tokens(user, rotation.family, rotation.refresh_token, tenant=tenant)
+
+    async def switch_tenant(self, db: AsyncSession, refresh_token: str, tenant_id: uuid.UUID) -> Tokens:
+        """Rotate the session's refresh token into a pair whose access token carries the tenant."""
+        session = await self.store.session_of(refresh_token)
+        if session is None:
+            REFRESHES.labels("invalid").inc()
+            raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
+        # Refused before the token is spent, so the caller keeps a working session; a spent token
+        # still goes through the rotation below, whose reuse detection ends the session.
+        async with db.begin():
+            role = await self._tenant_role(db, tenant_id, session[1])
+        if role is None and await self.store.is_live(refresh_token):
+            raise _no_such_tenant()
+        rotation = await self._rotate(db, refresh_token)
+        await self.store.set_tenant(rotation.family, tenant_id)
+        async with db.begin():
+            user = await self._active_user(db, rotation.user_id)
+            # Read again now that the session names the tenant: a removal committing after this read
+            # finds the session and ends it; one committed before it is seen here.
+            role = await self._tenant_role(db, tenant_id, user.id)
+            if role is not None:
+                await events.append(
+                    db,
+                    "tenant.switched",
+                    {
+                        "tenant_id": str(tenant_id),
+                        "user_id": str(user.id),
+                        "session_id": rotation.family,
+                        "role": role,
+                    },
+                    user_id=user.id,
+                    tenant_id=tenant_id,
+                )
+        if role is None:
+            # Removed while switching: the session was on its way in, so it ends as theirs do.
+            await self.end_sessions(user.id, [rotation.family])
+            raise _no_such_tenant()
+        return self._tokens(user, rotation.family, rotation.refresh_token, tenant=(tenant_id, role))
+
+    async def _rotate(self, db: AsyncSession, refresh_token: str) -> Rotated:
+        """Spend a refresh token for the next of its family; a spent one ends the whole family."""
         rotation = await self.store.rotate(refresh_token)
         REFRESHES.labels(rotation.outcome.value).inc()
         if isinstance(rotation, Reused):
@@ -315,10 +376,20 @@ class Accounts:
             raise REFRESH_TOKEN_REUSED(
                 "This refresh token was already used; the session has been revoked. Log in again."
             )
-        user = await queries.user_by_id(db, rotation.user_id) if isinstance(rotation, Rotated) else None
-        if not isinstance(rotation, Rotated) or user is None or user.disabled_at is not None:
+        if not isinstance(rotation, Rotated):
             raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
-        return self._tokens(user, rotation.family, rotation.refresh_token)
+        return rotation
+
+    async def _active_user(self, db: AsyncSession, user_id: uuid.UUID) -> User:
+        user = await queries.user_by_id(db, user_id)
+        if user is None or user.disabled_at is not None:
+            raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
+        return user
+
+    async def _tenant_role(self, db: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+        """The user's role in the tenant, None if not a member. Scopes the caller's transaction."""
+        await tenancy.scope(db, tenant_id, user_id)
+        return await tenant_queries.role_of(db, tenant_id, user_id)
 
     async def logout(self, db: AsyncSession, refresh_token: str) -> None:
         session = await self.store.session_of(refresh_token)
@@ -332,6 +403,25 @@ class Accounts:
             await events.append(
                 db, "user.logged_out", {"user_id": str(user_id), "session_id": family}, user_id=user_id
             )
+
+    async def end_sessions(self, user_id: uuid.UUID, families: list[str]) -> None:
+        """End these sessions of a user: access tokens first, then the refresh tokens."""
+        if families:
+            await self.revocations.revoke(families, self.settings.access_token_ttl_seconds)
+            await self.store.end_families(user_id, families)
+
+    async def end_tenant_sessions(self, user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[str]:
+        """End the user's sessions switched into this tenant (their member was removed)."""
+        families = await self.store.families_in_tenant(user_id, tenant_id)
+        await self.end_sessions(user_id, families)
+        return families
+
+    async def leave_tenant_sessions(self, user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[str]:
+        """Take the user's sessions out of this tenant: their next refresh carries no `tid`."""
+        families = await self.store.families_in_tenant(user_id, tenant_id)
+        for family in families:
+            await self.store.set_tenant(family, None)
+        return families
 
     async def end_all_sessions(self, user_id: uuid.UUID) -> list[str]:
         """Revoke every session of a user: refresh tokens stop rotating, access tokens stop verifying."""
@@ -427,17 +517,30 @@ class Accounts:
             raise UNKNOWN_USER("This account no longer exists.")
         return user
 
-    def _tokens(self, user: User, family: str, refresh_token: str, device_token: str | None = None) -> Tokens:
+    def _tokens(
+        self,
+        user: User,
+        family: str,
+        refresh_token: str,
+        device_token: str | None = None,
+        *,
+        tenant: tuple[uuid.UUID, str] | None = None,
+    ) -> Tokens:
         ttl = self.settings.access_token_ttl_seconds
-        claims = {"sub": str(user.id), "sid": family, "role": user.role, "email": user.email}
-        if user.tenant_id:
-            claims["tid"] = str(user.tenant_id)
+        # `role` is the platform role (user, operator, admin); the tenant's is `tenant_role`.
+        claims: dict[str, Any] = {"sub": str(user.id), "sid": family, "role": user.role, "email": user.email}
+        if tenant is not None:
+            claims["tid"], claims["tenant_role"] = str(tenant[0]), tenant[1]
         return Tokens(self.keys.sign(claims, ttl), refresh_token, ttl, device_token=device_token)
 
 
 def account_key(email: str) -> str:
     """The throttle key of an account's failures (a digest: Redis never holds addresses)."""
     return "throttle:login:acct:" + hashlib.sha256(email.lower().encode()).hexdigest()
+
+
+def _no_such_tenant() -> Problem:
+    return TENANT_NOT_FOUND("You are not a member of a tenant with this id.")
 
 
 def _too_many(retry_after: int) -> Problem:

@@ -4,10 +4,12 @@ Only SHA-256 digests of tokens are stored, so a Redis dump grants nothing. A log
 session *family*; each refresh spends its token and issues the next one in the family. A
 spent token presented again means it was stolen (or replayed): the whole family is revoked.
 Each user's live families are indexed, so a password reset or a disabled account can end them all.
+A family may be switched into a tenant: it remembers which, so every refresh can carry the tenant
+on (after checking the membership again), and removing a member can find the sessions inside it.
 
-A one-time token is the only live one of its purpose for its user: issuing a new link voids the
-previous one. Device tokens mark a browser or app that has logged in before (they let the
-owner through an account-wide login lockout; see `Accounts.login`).
+A one-time token is the only live one of its purpose for its user (or other owner, such as an
+invitation): issuing a new link voids the previous one. Device tokens mark a browser or app that
+has logged in before (they let the owner through an account-wide login lockout; see `Accounts.login`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def _family_key(family: str) -> str:
     return f"auth:family:{family}"
 
 
+def _family_tenant_key(family: str) -> str:
+    return f"auth:family-tenant:{family}"
+
+
 def _epoch_key(user_id: uuid.UUID) -> str:
     return f"auth:user-epoch:{user_id}"
 
@@ -55,8 +61,8 @@ def _one_time_key(purpose: str, h: str) -> str:
     return f"auth:{purpose}:{h}"
 
 
-def _latest_one_time_key(purpose: str, user_id: uuid.UUID) -> str:
-    return f"auth:{purpose}:latest:{user_id}"
+def _latest_one_time_key(purpose: str, owner: str) -> str:
+    return f"auth:{purpose}:latest:{owner}"
 
 
 def _device_key(h: str) -> str:
@@ -160,6 +166,7 @@ class SessionStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(_refresh_key(digest(fresh)), f"{family}:{user_id}", px=self.ttl_ms)
             pipe.pexpire(_family_key(family), self.ttl_ms)
+            pipe.pexpire(_family_tenant_key(family), self.ttl_ms)  # no-op when not switched into one
             # The index lives as long as its longest-lived family, or revoke_all would miss this one.
             pipe.pexpire(_user_families_key(user_id), self.ttl_ms)
             await pipe.execute()
@@ -174,12 +181,47 @@ class SessionStore:
         family, user = value.split(":", 1)
         return family, uuid.UUID(user)
 
+    async def is_live(self, token: str) -> bool:
+        """Whether a refresh token can still be spent (not spent, expired or of an ended family)."""
+        value = await self.redis.get(_refresh_key(digest(token)))
+        if not value:
+            return False
+        return bool(await self.redis.exists(_family_key(value.split(":", 1)[0])))
+
     async def end(self, family: str, user_id: uuid.UUID, token: str) -> None:
         """End a session: its refresh tokens stop rotating."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_family_key(family), _refresh_key(digest(token)))
+            pipe.delete(_family_key(family), _family_tenant_key(family), _refresh_key(digest(token)))
             pipe.srem(_user_families_key(user_id), family)
             await pipe.execute()
+
+    async def end_families(self, user_id: uuid.UUID, families: list[str]) -> None:
+        """End these sessions of a user: their refresh tokens stop rotating."""
+        if not families:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*(_family_key(f) for f in families), *(_family_tenant_key(f) for f in families))
+            pipe.srem(_user_families_key(user_id), *families)
+            await pipe.execute()
+
+    async def set_tenant(self, family: str, tenant_id: uuid.UUID | None) -> None:
+        """Remember the tenant a session is switched into (None: no tenant)."""
+        if tenant_id is None:
+            await self.redis.delete(_family_tenant_key(family))
+        else:
+            await self.redis.set(_family_tenant_key(family), str(tenant_id), px=self.ttl_ms)
+
+    async def tenant_of(self, family: str) -> uuid.UUID | None:
+        value = await self.redis.get(_family_tenant_key(family))
+        return uuid.UUID(value) if value else None
+
+    async def families_in_tenant(self, user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[str]:
+        """The user's live sessions switched into this tenant."""
+        families = sorted(await self.redis.smembers(_user_families_key(user_id)))
+        if not families:
+            return []
+        tenants = await self.redis.mget([_family_tenant_key(f) for f in families])
+        return [f for f, t in zip(families, tenants, strict=True) if t == str(tenant_id)]
 
     async def epoch(self, user_id: uuid.UUID) -> int:
         """How many times every session of this user was ended (a login compares it before and after)."""
@@ -195,26 +237,40 @@ class SessionStore:
             await pipe.execute()
         families = sorted(await self.redis.smembers(_user_families_key(user_id)))
         if families:
-            await self.redis.delete(*(_family_key(f) for f in families), _user_families_key(user_id))
+            await self.redis.delete(
+                *(_family_key(f) for f in families),
+                *(_family_tenant_key(f) for f in families),
+                _user_families_key(user_id),
+            )
         return families
 
     async def issue_one_time(self, purpose: str, user_id: uuid.UUID, ttl_seconds: int) -> str:
         """A new one-time token; the user's previous token of this purpose stops working."""
+        return await self.issue_one_time_text(purpose, str(user_id), str(user_id), ttl_seconds)
+
+    async def issue_one_time_text(self, purpose: str, owner: str, value: str, ttl_seconds: int) -> str:
+        """A new one-time token naming `value`; `owner`'s previous token of this purpose stops working."""
         token = new_token()
         h = digest(token)
-        latest = _latest_one_time_key(purpose, user_id)
+        latest = _latest_one_time_key(purpose, owner)
         previous = await self.redis.get(latest)
         async with self.redis.pipeline(transaction=True) as pipe:
             if previous:
                 pipe.delete(_one_time_key(purpose, previous))
-            pipe.set(_one_time_key(purpose, h), str(user_id), ex=ttl_seconds)
+            pipe.set(_one_time_key(purpose, h), value, ex=ttl_seconds)
             pipe.set(latest, h, ex=ttl_seconds)
             await pipe.execute()
         return token
 
     @asynccontextmanager
     async def one_time(self, purpose: str, token: str) -> AsyncIterator[uuid.UUID | None]:
-        """Use a one-time token: the user it names (None if unknown or spent).
+        """Use a one-time token: the user it names (None if unknown or spent); see `one_time_text`."""
+        async with self.one_time_text(purpose, token) as value:
+            yield uuid.UUID(value) if value else None
+
+    @asynccontextmanager
+    async def one_time_text(self, purpose: str, token: str) -> AsyncIterator[str | None]:
+        """Use a one-time token: the value it names (None if unknown or spent).
 
         It is claimed atomically on entry, so two concurrent uses cannot both succeed; if the
         block raises, it is put back with the time it had left, so a failed change leaves the
@@ -223,7 +279,7 @@ class SessionStore:
         key = _one_time_key(purpose, digest(token))
         value, ttl_ms = await self._claim(keys=[key])
         try:
-            yield uuid.UUID(value) if value else None
+            yield value or None
         except BaseException:
             if value and int(ttl_ms) > 0:
                 await self.redis.set(key, value, px=int(ttl_ms), nx=True)

@@ -1,4 +1,4 @@
-"""The user service's settings: token lifetimes, sign-in protection and links in emails."""
+"""The user service's settings: token lifetimes, sign-in protection, links in emails and tenants."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ class UsersSettings(Settings):
     # A registration never verified is deleted after this long (its address is free again before that:
     # registering it anew replaces the unverified account).
     unverified_account_ttl_seconds: int = Field(7 * 86400, alias="UNVERIFIED_ACCOUNT_TTL_SECONDS", ge=3600)
+    # How long an invitation to a tenant can be accepted (its link works once).
+    invitation_ttl_seconds: int = Field(7 * 86400, alias="INVITATION_TTL_SECONDS", ge=3600, le=30 * 86400)
+    # The member limit of a tenant billing never told us about (the free plan's).
+    free_plan_seats: int = Field(3, alias="FREE_PLAN_SEATS", ge=1)
 
     def own_problems(self) -> list[str]:
         return https_problems("APP_URL", self.app_url)
