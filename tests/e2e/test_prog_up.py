@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import psutil
 import pytest
 
@@ -38,6 +39,38 @@ def stop_up(process: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         raise
+
+
+def billing_walkthrough(gateway: str, email: str, stripe_fake: str) -> None:
+    """The README's tenant and billing flow through the gateway's port, with the Stripe fake
+    `prog up` started: its webhooks reach billing through the gateway's public route."""
+    status, tokens = request_json("POST", gateway + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert status == 200, tokens
+    status, tenant = request_json("POST", gateway + "/api/v1/tenants", {"name": "Analytical Engines"},
+                                  headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert status == 201 and tenant["role"] == "owner", tenant
+    status, switched = request_json("POST", gateway + "/api/v1/auth/switch-tenant",
+                                    {"refresh_token": tokens["refresh_token"], "tenant_id": tenant["id"]})
+    assert status == 200, switched
+    auth = {"Authorization": f"Bearer {switched['access_token']}"}
+    status, plans = request_json("GET", gateway + "/api/v1/billing/plans")
+    assert status == 200 and {p["name"] for p in plans["plans"]} >= {"free", "pro"}
+    status, checkout = request_json("POST", gateway + "/api/v1/billing/checkout", {"plan": "pro"}, headers=auth)
+    assert status == 200, checkout
+    # The checkout page, as a person's browser would submit it (the fake answers 303 onwards).
+    page = checkout["url"].replace("http://localhost:", "http://127.0.0.1:")
+    assert page.startswith(stripe_fake)
+    with httpx.Client(timeout=10) as client:
+        assert client.post(page, data={"outcome": "paid"}).status_code == 303
+
+    def subscription() -> dict:
+        return request_json("GET", gateway + "/api/v1/billing/subscription", headers=auth)[1]
+
+    active = eventually(lambda: (s := subscription())["status"] == "active" and s, what="an active subscription")
+    assert active["plan"] == "pro" and active["seats"] == 20
+    # The user service heard billing's entitlements on the event log: the tenant has pro's seats.
+    assert eventually(lambda: request_json("GET", f"{gateway}/api/v1/tenants/{tenant['id']}", headers=auth)[1]
+                      .get("seats") == 20, what="the tenant's seats from billing")
 
 
 def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
@@ -99,6 +132,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         token = re.search(r"token=([\w-]+)", messages[0]["text"]).group(1)
         assert request_json("POST", gateway + "/api/v1/auth/verify-email",
                             {"token": token, "password": PASSWORD})[0] == 200
+        billing_walkthrough(gateway, email, f"http://127.0.0.1:{12111 + offset}")
     finally:
         code = stop_up(up)
     assert code == 0, log_path.read_text()[-3000:]
