@@ -15,7 +15,7 @@ DOCKERFILE=deploy/docker/Dockerfile
 BASE_IMAGE=localhost/prognetwork/debian-python:bookworm
 PG_ADMIN_URL=${TEST_POSTGRES_ADMIN_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 REDIS_URL=redis://127.0.0.1:6379/14
-MAX_IMAGE_MB=${MAX_IMAGE_MB:-250}
+MAX_IMAGE_MB=${MAX_IMAGE_MB:-275}
 STOP_GRACE_SECONDS=10
 READY_TIMEOUT_SECONDS=60
 

@@ -34,6 +34,9 @@ from tests.helpers.docker import (
 from tests.helpers.paths import ROOT
 from tests.helpers.processes import start_service
 
+# The services behind the gateway that verify access tokens themselves (JWKS_URL), Redis for revocations.
+TOKEN_VERIFIERS = {"event-streaming", "billing-service"}
+
 # --- Dockerfile -------------------------------------------------------------------------
 
 
@@ -143,6 +146,75 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies(path: str, expe
 # --- compose.yaml -----------------------------------------------------------------------
 
 
+def imported_modules(module: str) -> dict[str, str]:
+    """The third-party top-level modules `python -m module` imports, followed through every
+    prognetwork module imported in turn (imports under `if TYPE_CHECKING:` never run):
+    {name: importer}."""
+    import ast
+    import importlib.util
+
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    pending = [module, f"{module}.__main__"]  # a package runs as its __main__
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:  # `from package import name` where name is not a module
+            continue
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        package = name if spec.submodule_search_locations else name.rpartition(".")[0]
+        tree = ast.parse(Path(spec.origin).read_text())
+        type_checking = {id(inner) for node in ast.walk(tree)
+                         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                         for inner in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in type_checking:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, base]).strip(".")
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                top = target.split(".")[0]
+                if top == "prognetwork":
+                    pending.append(target)
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    found.setdefault(top, name)
+    return found
+
+
+def test_compose_runs_python_modules_on_the_runtime_dependencies_alone() -> None:
+    """A compose service running `python -m <module>` from a service image (the Stripe fake)
+    finds there only what requirements/runtime.lock installs: no test or dev dependency."""
+    import importlib.metadata
+
+    def normalised(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    lock = (ROOT / "requirements" / "runtime.lock").read_text()
+    locked = {normalised(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9][\w.-]*)==", lock, re.MULTILINE)}
+    owners = importlib.metadata.packages_distributions()
+    modules = {name: svc["command"][2] for name, svc in compose_config()["services"].items()
+               if "build" in svc and (svc.get("command") or [])[:2] == ["python", "-m"]}
+    assert "stripe-fake" in modules
+    for service, module in modules.items():
+        for top, importer in imported_modules(module).items():
+            installed = {normalised(d) for d in owners.get(top, [top])} & locked
+            assert installed, f"{service}: {importer} imports {top}, which the image does not install"
+
+
+
 def test_compose_file_is_valid_with_and_without_the_monitoring_profile() -> None:
     assert "prometheus" not in compose_config()["services"]
     assert {"prometheus", "alertmanager", "grafana", "jaeger"} <= set(compose_config("monitoring")["services"])
@@ -212,9 +284,9 @@ def test_compose_services_find_each_other_and_the_token_issuers_keys_by_service_
                 for spec in services().values() if not spec.edge}
     assert upstreams == expected
     jwks = f"http://{issuer.name}:{issuer.port}/.well-known/jwks.json"
-    # Every service that verifies tokens itself: the gateway, and event-streaming behind it.
+    # Every service that verifies tokens itself: the gateway, and event-streaming and billing behind it.
     verifiers = {name for name, svc in composed.items() if "JWKS_URL" in (svc.get("environment") or {})}
-    assert verifiers == {edge, "event-streaming"}
+    assert verifiers == {edge, *TOKEN_VERIFIERS}
     assert {composed[name]["environment"]["JWKS_URL"] for name in verifiers} == {jwks}
     for name in verifiers:
         assert composed[name]["depends_on"][issuer.name]["condition"] == "service_healthy", name
@@ -225,5 +297,48 @@ def test_compose_commits_no_secret() -> None:
         key: value for svc in compose_config("monitoring")["services"].values()
         for key, value in (svc.get("environment") or {}).items()
     }
-    assert not {key for key in environment if re.search(r"SENDGRID|STRIPE|JWT_SIGNING|API_KEY", key)}
+    # STRIPE_API_BASE is an address (the Stripe fake's), not a credential.
+    assert not {key for key in environment
+                if re.search(r"SENDGRID|STRIPE|JWT_SIGNING|API_KEY", key) and key != "STRIPE_API_BASE"}
     assert environment["PROG_ENV"] == "development"
+
+
+def option(command: list[str], name: str) -> str:
+    (value,) = [command[i + 1] for i, arg in enumerate(command) if arg == name]
+    return value
+
+
+def test_billing_calls_the_stripe_fake_which_signs_and_delivers_its_webhooks() -> None:
+    """`compose up` is a working billing flow: billing-service calls the fake (not api.stripe.com)
+    with the key the fake accepts, and the fake posts its signed webhooks to the path the gateway
+    forwards Stripe's to, on billing-service, signed with the secret billing verifies."""
+    from prognetwork.gateway.proxy import compile_routes, match, upstream_url
+
+    composed = compose_config()["services"]
+    billing, fake = composed["billing-service"], composed["stripe-fake"]
+    command = fake["command"]
+    assert command[:3] == ["python", "-m", "prognetwork.fakes.stripe"]
+    # Built from a service image (the fake ships in the package), not an image of its own.
+    assert fake["build"]["target"] == "billing-service" and "PROG_ENV" not in fake["environment"]
+    port = int(option(command, "--port"))
+    assert option(command, "--host") == "0.0.0.0"
+    assert billing["environment"]["STRIPE_API_BASE"] == f"http://stripe-fake:{port}"
+    assert billing["depends_on"]["stripe-fake"]["condition"] == "service_healthy"
+    # The hosted checkout page is opened by a browser on this machine.
+    assert option(command, "--public-url") == f"http://localhost:{port}"
+    assert {(p["host_ip"], p["published"], p["target"]) for p in fake["ports"]} == {("127.0.0.1", str(port), port)}
+    assert f"127.0.0.1:{port}/_fake/health" in fake["healthcheck"]["test"][-1]
+    # Billing's own settings, loaded from its compose environment: the fake's address, and (none
+    # being set) the development credentials, which are the ones the fake was started with.
+    settings = services()["billing-service"].load_settings(**billing["environment"])
+    assert settings.stripe_api_address == f"http://stripe-fake:{port}"
+    assert settings.stripe_secret_key() == option(command, "--api-key")
+    assert settings.stripe_webhook_secrets() == [option(command, "--webhook-secret")]
+    # Where the gateway (its own route table, loaded from its compose environment) sends Stripe's
+    # webhooks is where the fake delivers them.
+    gateway = composed["api-gateway"]["environment"]
+    settings = services()["api-gateway"].load_settings(**gateway)
+    public_path = "/api/v1/billing/webhooks/stripe"
+    route = match(compile_routes(settings), public_path)
+    assert route and route.upstream == "billing-service" and route.public, route
+    assert option(command, "--webhook-url") == str(upstream_url(route, public_path, b""))

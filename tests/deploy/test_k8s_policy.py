@@ -4,6 +4,7 @@ between objects (selectors, autoscalers, budgets, network paths, environments)."
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,8 @@ SPECS = services()
 SERVICES = {name: spec.port for name, spec in SPECS.items()}
 OPS_PORTS = {name: spec.ops_port for name, spec in SPECS.items()}
 ROLLOUTS = {"user-service", "api-gateway"}
+# The services behind the gateway that verify access tokens themselves, against the issuer's keys.
+TOKEN_VERIFIERS = {"event-streaming", "billing-service"}
 ENV_OVERLAYS = ["development", "staging", "production"]
 WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
 ERROR_RATE_QUERY = (
@@ -230,11 +233,13 @@ DATA = "cidr:10.0.0.0/16"
 EXPECTED_PATHS = {
     "api-gateway": {
         "ingress": {("ns:envoy-gateway-system,ingress-nginx/*", "8000")} | PROMETHEUS,
-        "egress": DNS | {("pod:user-service", "3007"), ("pod:event-streaming", "8001"), (DATA, "6379")},
+        "egress": DNS | {("pod:user-service", "3007"), ("pod:event-streaming", "8001"), ("pod:billing-service", "3003"),
+                         (DATA, "6379")},
     },
     "user-service": {
-        # The streaming service fetches the key set to verify tokens itself.
-        "ingress": {("pod:api-gateway", "3007"), ("pod:event-streaming", "3007")} | PROMETHEUS,
+        # The streaming and billing services fetch the key set to verify tokens themselves.
+        "ingress": {("pod:api-gateway", "3007"), ("pod:event-streaming", "3007"), ("pod:billing-service", "3007")}
+        | PROMETHEUS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379")},
     },
     "notification-service": {
@@ -244,6 +249,12 @@ EXPECTED_PATHS = {
     "event-streaming": {
         "ingress": {("pod:api-gateway", "8001")} | PROMETHEUS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007")},
+    },
+    "billing-service": {
+        # Stripe's webhooks come through the gateway like every client's request; Stripe's API is
+        # public HTTPS.
+        "ingress": {("pod:api-gateway", "3003")} | PROMETHEUS,
+        "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007"), ("internet", "443")},
     },
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
 }
@@ -267,9 +278,13 @@ def test_network_policies_allow_exactly_the_architecture(rendered):
                 expected[direction].add(path)
         for direction in ("ingress", "egress"):
             assert paths(objects, labels, direction) == expected[direction], (workload["metadata"]["name"], direction)
-    internet = next(p for p in of(objects, "NetworkPolicy", "notification-service")["spec"]["egress"]
-                    if p["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0")
-    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(internet["to"][0]["ipBlock"]["except"])
+    # Public HTTPS (SendGrid, Stripe) never reaches the VPC, the cluster or instance metadata.
+    for policy in of(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("egress", ()):
+            for to in rule["to"]:
+                if to.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+                    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+                        to["ipBlock"]["except"]), policy["metadata"]["name"]
 
 
 def test_only_prometheus_reaches_the_ops_port(rendered):
@@ -316,6 +331,8 @@ SECRET_VALUES = {
     "DATABASE_URL": "postgresql://prog:Vq8tX2mZr5Lw@db.internal:5432/prog?sslmode=require",
     "REDIS_URL": "rediss://cache.internal:6379/0",
     "SENDGRID_API_KEY": "SG.4fQ1c0b2Zt9xv8Lr3mWq.Jp7Ks2Vn5Hc8Rd1Tg4Yb6Ne9Ua3",
+    "STRIPE_SECRET_KEY": "sk_live_51Nq8ZtKx3Vb7Lr2Wm9Qc4Hd6Jp1Ys5Ua8Te0Gf3Rn7",
+    "STRIPE_WEBHOOK_SECRET": "whsec_Qm7Lr2Xt9Vb4Kc8Hd1Jp6Ys3Ua5Te0Gf",
 }
 
 
@@ -387,7 +404,7 @@ def test_the_gateway_and_the_verifiers_reach_services_by_their_names(k8s_render,
         (c,) = pod_spec(workload)["containers"]
         settings = SPECS[app].load_settings(**pod_environment(objects, c, tmp_path / app))
         egress = paths(objects, pod_labels(workload), "egress")
-        reached = {settings.jwks_url} if app in {edge.name, "event-streaming"} else set()
+        reached = {settings.jwks_url} if app in {edge.name, *TOKEN_VERIFIERS} else set()
         if app == edge.name:
             reached |= {settings.upstreams[route.upstream] for route in settings.routes}
         for url in reached:
@@ -413,13 +430,19 @@ def test_secrets_are_never_committed_outside_development(env):
     assert external["spec"]["target"]["name"] == "prognetwork-secrets"
     assert external["spec"]["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "aws-secrets-manager"}
     keys = {d["secretKey"] for d in external["spec"]["data"]}
-    assert keys >= {"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY"}
+    # Every secret a service reads, and the datastore URLs.
+    assert keys >= {"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY",
+                    "STRIPE_WEBHOOK_SECRET"} | {name for spec in SPECS.values() for name in spec.secrets}
+    assert all(d["remoteRef"] == {"key": "prognetwork/app", "property": d["secretKey"]} for d in external["spec"]["data"])
 
 
 def test_secret_files_are_mounted_per_service(rendered):
     _, objects = rendered
     files = {"user-service": ["JWT_SIGNING_KEYS"], "notification-service": ["SENDGRID_API_KEY"], "api-gateway": [],
-             "event-streaming": []}
+             "event-streaming": [], "billing-service": ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"]}
+    # Exactly the secrets each service's spec says it reads (what `prog config check` checks).
+    assert {name: sorted(keys) for name, keys in files.items()} == {
+        name: sorted(spec.secrets) for name, spec in SPECS.items()}
     for name, keys in files.items():
         workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
         volumes = [v["secret"] for v in pod_spec(workload).get("volumes", ()) if "secret" in v]
@@ -496,6 +519,98 @@ def test_external_routes(rendered):
     assert redirect["spec"]["parentRefs"][0]["sectionName"] == "http"
 
 
+STRIPE_WEBHOOK_PATH = "/api/v1/billing/webhooks/stripe"  # the public address Stripe's account is given
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Gateway API PathPrefix and Ingress Prefix: a match on whole path segments."""
+    prefix = prefix.rstrip("/")
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def edge_backends(objects, host: str, path: str) -> set[str]:
+    """The Services an HTTPS request for `host` and `path` is sent to from outside the cluster:
+    by the HTTPRoutes on the Gateway's HTTPS listener, or by the Ingress rules. In both the
+    longest matching prefix wins (no route here matches on headers, methods or regexes)."""
+    found: list[tuple[int, str]] = []
+    for route in of(objects, "HTTPRoute"):
+        spec = route["spec"]
+        if host not in spec.get("hostnames", [host]) or not any(
+                ref.get("sectionName") in (None, "https") for ref in spec["parentRefs"]):
+            continue
+        for rule in spec["rules"]:
+            for match in rule.get("matches", [{}]):
+                where = match.get("path", {"type": "PathPrefix", "value": "/"})
+                assert set(match) <= {"path"} and where["type"] in {"PathPrefix", "Exact"}, match
+                if where["value"] == path or where["type"] == "PathPrefix" and prefix_matches(where["value"], path):
+                    found += [(len(where["value"]), backend["name"]) for backend in rule.get("backendRefs", ())]
+    for ingress in of(objects, "Ingress"):
+        assert "defaultBackend" not in ingress["spec"]
+        for rule in ingress["spec"]["rules"]:
+            if rule.get("host", host) != host:
+                continue
+            for where in rule["http"]["paths"]:
+                assert where["pathType"] in {"Prefix", "Exact"}, where
+                if where["path"] == path or where["pathType"] == "Prefix" and prefix_matches(where["path"], path):
+                    found.append((len(where["path"]), where["backend"]["service"]["name"]))
+    longest = max((length for length, _ in found), default=0)
+    return {name for length, name in found if length == longest}
+
+
+def test_stripe_webhooks_reach_billing_through_the_gateway_only(rendered, tmp_path):
+    """Stripe posts to https://api.<domain>/api/v1/billing/webhooks/stripe: the edge hands it to
+    the api-gateway Service (never to billing-service, which no route names), the gateway's own
+    route table (loaded from its pod's environment) forwards it without asking for a token to
+    billing-service's Service, and the NetworkPolicies open each hop."""
+    from prognetwork.gateway.proxy import compile_routes, match, upstream_url
+
+    name, objects = rendered
+    api_host = next(h for h in HOSTS[name.split("-")[0]] if h.startswith("api."))
+    assert edge_backends(objects, api_host, STRIPE_WEBHOOK_PATH) == {"api-gateway"}
+    # No route or Ingress exposes billing-service itself, on any host or path.
+    named = {backend["name"] for route in of(objects, "HTTPRoute") for rule in route["spec"]["rules"]
+             for backend in rule.get("backendRefs", ())}
+    named |= {where["backend"]["service"]["name"] for ingress in of(objects, "Ingress")
+              for rule in ingress["spec"]["rules"] for where in rule["http"]["paths"]}
+    assert "billing-service" not in named and named <= {"api-gateway", "admin-client"}
+    assert not [o for o in objects if o["kind"] in {"GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"}]
+
+    gateway = next(w for w in workloads(objects) if w["metadata"]["name"] == "api-gateway")
+    (c,) = pod_spec(gateway)["containers"]
+    settings = SPECS["api-gateway"].load_settings(**pod_environment(objects, c, tmp_path / "api-gateway"))
+    route = match(compile_routes(settings), STRIPE_WEBHOOK_PATH)
+    # Stripe sends no access token: its signature, which billing verifies, is the credential.
+    assert route and route.upstream == "billing-service" and route.public, route
+    target = upstream_url(route, STRIPE_WEBHOOK_PATH, b"")
+    assert (target.host, target.path) == ("billing-service", "/v1/billing/webhooks/stripe"), target
+    service = of(objects, "Service", "billing-service")
+    assert target.port == service["spec"]["ports"][0]["port"]
+    billing = next(w for w in workloads(objects) if w["metadata"]["name"] == "billing-service")
+    (bc,) = pod_spec(billing)["containers"]
+    (port,) = [p["containerPort"] for p in bc["ports"] if p["name"] == service["spec"]["ports"][0]["targetPort"]]
+    assert port == SERVICES["billing-service"]
+    assert ("ns:envoy-gateway-system,ingress-nginx/*", str(SERVICES["api-gateway"])) in paths(
+        objects, pod_labels(gateway), "ingress")
+    assert ("pod:billing-service", str(port)) in paths(objects, pod_labels(gateway), "egress")
+    assert ("pod:api-gateway", str(port)) in paths(objects, pod_labels(billing), "ingress")
+
+
+@pytest.mark.parametrize("name", ENV_OVERLAYS)
+def test_billing_talks_to_stripe_itself_in_every_cluster(k8s_render, name, tmp_path):
+    """Only the compose stack points billing at a Stripe fake. Staging and production set no
+    STRIPE_API_BASE (Stripe is the default there); development names Stripe, as billing's own
+    development default is the fake `prog up` runs beside it, which no pod runs. Either way the
+    settings the pods load address api.stripe.com."""
+    objects = k8s_render(f"overlays/{name}")
+    assert config(objects).get("STRIPE_API_BASE") == ("https://api.stripe.com" if name == "development" else None)
+    billing = next(w for w in workloads(objects) if w["metadata"]["name"] == "billing-service")
+    (c,) = pod_spec(billing)["containers"]
+    assert "STRIPE_API_BASE" not in {e["name"] for e in c["env"]}
+    env = pod_environment(objects, c, tmp_path / "billing-service")
+    settings = SPECS["billing-service"].load_settings(**env)
+    assert settings.stripe_api_address == "https://api.stripe.com"
+
+
 # ---- production against staging ---------------------------------------------------------
 
 def normalised(objects, env: str) -> dict:
@@ -524,6 +639,9 @@ def normalised(objects, env: str) -> dict:
         if obj["kind"] == "ConfigMap":
             for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM"):
                 obj["data"].pop(key)
+            # The same plans; each environment's Stripe account has its own price ids.
+            obj["data"]["BILLING_PLANS"] = [{**plan, "price_id": plan["price_id"] and "PRICE"}
+                                            for plan in json.loads(obj["data"]["BILLING_PLANS"])]
         if obj["kind"] == "HorizontalPodAutoscaler":
             spec.pop("minReplicas"), spec.pop("maxReplicas")
         if obj["kind"] == "HTTPRoute":

@@ -22,6 +22,13 @@ def test_config_is_valid(monitoring_tools):
     ({"severity": "warning", "alertname": "HighLatencyP95", "service": "user-service"}, "slack-and-email"),
     ({"severity": "ticket", "alertname": "LatencyBudgetBurn", "service": "user-service", "slo": "latency"}, "jira"),
     ({"alertname": "SomethingWithoutSeverity"}, "slack"),
+    # Billing's own alerts reach its channel too, then go where their severity says.
+    ({"severity": "warning", "alertname": "BillingWebhookFailures", "service": "billing-service", "outcome": "error"},
+     "billing,slack-and-email"),
+    ({"severity": "ticket", "alertname": "BillingPaymentFailures", "service": "billing-service"}, "billing,jira"),
+    # Its availability alerts are everyone's: the pager alone, as for any service.
+    ({"severity": "critical", "alertname": "ServiceDown", "service": "billing-service"}, "pagerduty-and-slack"),
+    ({"severity": "warning", "alertname": "HighLatencyP95", "service": "billing-service"}, "slack-and-email"),
 ])
 def test_routes_by_severity(monitoring_tools, labels, receiver):
     result = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", f"--verify.receivers={receiver}",

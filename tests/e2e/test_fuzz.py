@@ -23,8 +23,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from prognetwork.billing.settings import DEV_STRIPE_SECRET_KEY, DEV_STRIPE_WEBHOOK_SECRET
 from prognetwork.gateway.settings import GatewaySettings
+from tests.helpers.ports import free_port
 from tests.helpers.processes import ServiceProcess, issuer_env, start_service
+from tests.helpers.stripe_fake import running_stripe_fake
 from tests.helpers.tokens import bearer, mint
 
 pytestmark = pytest.mark.e2e
@@ -79,25 +82,34 @@ def fuzz_env(database_url, redis_url, signing_key, tmp_path_factory) -> dict[str
 
 @pytest.fixture(scope="module")
 def platform(fuzz_env, tmp_path_factory):
-    """users, notifications, streaming and the gateway in front of them, as processes."""
+    """users, notifications, streaming, billing (on a Stripe fake) and the gateway in front of them."""
     logs = tmp_path_factory.mktemp("fuzz-logs")
     started: dict[str, ServiceProcess] = {}
-    try:
-        started["users"] = start_service("user-service", fuzz_env, logs)
-        upstreams = issuer_env(started["users"].url)
-        # Independent of each other once the user service (and its keys) is up: start together.
-        with ThreadPoolExecutor(2) as pool:
-            notifications = pool.submit(start_service, "notification-service", fuzz_env, logs)
-            streaming = pool.submit(start_service, "event-streaming", {**fuzz_env, **upstreams}, logs)
-            started["notifications"], started["streaming"] = notifications.result(), streaming.result()
-        started["gateway"] = start_service("api-gateway", {
-            **fuzz_env, **upstreams, "EVENT_STREAMING_URL": started["streaming"].url,
-            "NOTIFICATION_SERVICE_URL": started["notifications"].url,
-        }, logs)
-        yield started
-    finally:
-        for process in started.values():
-            process.stop()
+    billing_port = free_port()
+    webhooks = f"http://127.0.0.1:{billing_port}/v1/billing/webhooks/stripe"
+    # With billing's development credentials: its secrets come from files here, and it has none.
+    with running_stripe_fake([webhooks], logs, api_key=DEV_STRIPE_SECRET_KEY,
+                             webhook_secret=DEV_STRIPE_WEBHOOK_SECRET) as stripe:
+        try:
+            started["users"] = start_service("user-service", fuzz_env, logs)
+            upstreams = issuer_env(started["users"].url)
+            billing_env = {**fuzz_env, **upstreams, "STRIPE_API_BASE": stripe.url}
+            # Independent of each other once the user service (and its keys) is up: start together.
+            with ThreadPoolExecutor(3) as pool:
+                notifications = pool.submit(start_service, "notification-service", fuzz_env, logs)
+                streaming = pool.submit(start_service, "event-streaming", {**fuzz_env, **upstreams}, logs)
+                billing = pool.submit(start_service, "billing-service", billing_env, logs, billing_port)
+                started["notifications"], started["streaming"] = notifications.result(), streaming.result()
+                started["billing"] = billing.result()
+            started["gateway"] = start_service("api-gateway", {
+                **fuzz_env, **upstreams, "EVENT_STREAMING_URL": started["streaming"].url,
+                "NOTIFICATION_SERVICE_URL": started["notifications"].url,
+                "BILLING_SERVICE_URL": started["billing"].url,
+            }, logs)
+            yield started
+        finally:
+            for process in started.values():
+                process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +117,7 @@ def tokens(signing_key) -> list[dict[str, str]]:
     # Tokens verify everywhere (same key, development issuer); None fuzzes the unauthenticated path.
     tenant = uuid.uuid4()
     return [
-        bearer(mint(signing_key, uuid.uuid4(), tid=tenant)),
+        bearer(mint(signing_key, uuid.uuid4(), tid=tenant, tenant_role="owner")),
         bearer(mint(signing_key, uuid.uuid4(), role="admin", lifetime=3600)),
         {},
     ]
@@ -196,7 +208,7 @@ def report(target: str, run: Run, process: ServiceProcess | None) -> None:
         assert not errors, f"{target} logged errors while fuzzed:\n" + "\n".join(errors)
 
 
-@pytest.mark.parametrize("service", ["users", "notifications", "streaming"])
+@pytest.mark.parametrize("service", ["users", "notifications", "streaming", "billing"])
 def test_service_openapi_fuzzing_finds_no_server_errors(platform, tokens, service):
     process = platform[service]
     found = operations(load(process))
@@ -206,7 +218,8 @@ def test_service_openapi_fuzzing_finds_no_server_errors(platform, tokens, servic
 
 
 # The platform's processes by the upstream name the gateway's route table gives each.
-UPSTREAM_NAMES = {"users": "user-service", "notifications": "notification-service", "streaming": "event-streaming"}
+UPSTREAM_NAMES = {"users": "user-service", "notifications": "notification-service", "streaming": "event-streaming",
+                  "billing": "billing-service"}
 
 
 def gateway_paths(env: dict[str, str], upstream: str, path: str) -> str | None:
@@ -224,7 +237,7 @@ def test_gateway_fuzzing_finds_no_server_errors(platform, tokens):
     gateway = platform["gateway"]
     env = {**gateway.env}
     cases = [(op, gateway.url) for op in operations(load(gateway))]
-    for upstream in ("users", "notifications", "streaming"):
+    for upstream in UPSTREAM_NAMES:
         for op in operations(load(platform[upstream])):
             prefix = gateway_paths(env, upstream, op.path)
             if prefix is not None:

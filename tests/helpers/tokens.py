@@ -19,7 +19,7 @@ AUDIENCE = "prognetwork"
 
 def mint(
     signing_key: str, sub: object, role: str = "user", tid: object | None = None, lifetime: int = 600,
-    sid: str | None = None,
+    sid: str | None = None, tenant_role: str | None = None,
 ) -> str:
     """A valid access token, signed as the user service signs them."""
     key = load_key(signing_key)
@@ -28,6 +28,7 @@ def mint(
                               "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": sid or uuid.uuid4().hex}
     if tid is not None:
         claims["tid"] = str(tid)
+        claims["tenant_role"] = tenant_role or "member"
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
 

@@ -27,6 +27,7 @@ from tests.helpers.tenants import (
     switch,
     unique_name,
 )
+from tests.helpers.tokens import bearer, mint
 
 BILLING_CONSUMER = "user-service.billing"
 
@@ -106,6 +107,13 @@ async def test_tenant_routes_need_a_signed_in_caller(users):
     assert_problem(await users.get("/v1/tenants"), 401, "unauthenticated")
     assert_problem(await users.post("/v1/tenants", json={"name": "Acme"}), 401, "unauthenticated")
     assert_problem(await users.post("/v1/invitations/accept", json={"token": "x"}), 401, "unauthenticated")
+
+
+async def test_a_token_that_outlived_its_account_creates_no_tenant(users, db, signing_key):
+    response = await users.post("/v1/tenants", json={"name": "Acme"}, headers=bearer(mint(signing_key, uuid.uuid4())))
+    assert_problem(response, 404, "unknown-user")
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'tenant.created' AND payload->>'name' = 'Acme'"
+                             " AND user_id NOT IN (SELECT id FROM users)") == 0
 
 
 # -- invitations ------------------------------------------------------------------------------------

@@ -106,3 +106,12 @@ def test_plans_are_configured_as_json_and_checked(monkeypatch, tmp_path):
         monkeypatch.setenv("BILLING_PLANS", broken)
         with pytest.raises(ValueError, match=reason):
             BillingSettings(SECRETS_DIR=str(tmp_path))
+
+
+def test_staging_may_use_stripe_test_mode_but_not_something_else(tmp_path):
+    env = production(tmp_path, STRIPE_SECRET_KEY="sk_test_51Hc8Rd1Tg4Yb6Ne9Ua3Jp7Ks2Vn5",
+                     STRIPE_WEBHOOK_SECRET="whsec_Jp7Ks2Vn5Hc8Rd1Tg4Yb")
+    assert BillingSettings(**{**env, "PROG_ENV": "staging"}).own_problems() == []
+    (tmp_path / "secrets" / "STRIPE_SECRET_KEY").write_text("pk_test_51Hc8Rd1Tg4Yb6Ne9Ua3Jp7Ks2Vn5")
+    assert BillingSettings(**{**env, "PROG_ENV": "staging", "SECRETS_CACHE_TTL_SECONDS": "0"}).own_problems() == [
+        "STRIPE_SECRET_KEY must be a Stripe secret or restricted key (sk_… or rk_…) in staging"]

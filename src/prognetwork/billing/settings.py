@@ -30,6 +30,7 @@ STRIPE_API_BASE = "https://api.stripe.com"
 # version's: pinned, so an SDK upgrade does not change them underneath us.
 STRIPE_API_VERSION = "2026-10-28.endive"
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 # The default plans' prices are the fake's seeded ones; a real account's ids look like price_1Q….
 DEVELOPMENT_PRICE_IDS = frozenset(plan.price_id for plan in DEFAULT_PLANS if plan.price_id)
 
@@ -103,10 +104,14 @@ class BillingSettings(Settings):
     def own_problems(self) -> list[str]:
         found = https_problems("APP_URL", self.app_url)
         key = self.secrets.get(STRIPE_SECRET_KEY)  # missing: the kit's secret check says so
-        if key is not None and not key.get_secret_value().strip().startswith(LIVE_KEY_PREFIXES):
-            found.append(
-                f"STRIPE_SECRET_KEY must be a live secret or restricted key (sk_live_… or rk_live_…) in {self.env}"
-            )
+        # Production charges real cards; staging may rehearse against Stripe's test mode.
+        wanted, kinds = (
+            (LIVE_KEY_PREFIXES, "a live secret or restricted key (sk_live_… or rk_live_…)")
+            if self.env == "production"
+            else (LIVE_KEY_PREFIXES + TEST_KEY_PREFIXES, "a Stripe secret or restricted key (sk_… or rk_…)")
+        )
+        if key is not None and not key.get_secret_value().strip().startswith(wanted):
+            found.append(f"STRIPE_SECRET_KEY must be {kinds} in {self.env}")
         secrets = self.secrets.get(STRIPE_WEBHOOK_SECRET)
         if secrets is not None:
             parts = split_secrets(secrets.get_secret_value())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prognetwork.kit.settings import Settings
 
@@ -76,11 +76,17 @@ class GatewaySettings(Settings):
     billing_service_url: str = Field("http://127.0.0.1:3003", alias="BILLING_SERVICE_URL")
     gateway_upstreams: dict[str, str] = Field(default_factory=dict, alias="GATEWAY_UPSTREAMS")
     gateway_routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES), alias="GATEWAY_ROUTES")
+    # Merged over the defaults: setting one group's limit keeps every other group's.
     gateway_rate_limits: dict[str, RateLimit] = Field(
         default_factory=lambda: dict(DEFAULT_RATE_LIMITS), alias="GATEWAY_RATE_LIMITS"
     )
     upstream_connect_timeout_seconds: float = Field(2.0, alias="UPSTREAM_CONNECT_TIMEOUT_SECONDS", gt=0)
     upstream_timeout_seconds: float = Field(30.0, alias="UPSTREAM_TIMEOUT_SECONDS", gt=0)
+
+    @field_validator("gateway_rate_limits")
+    @classmethod
+    def _over_the_defaults(cls, limits: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        return {**DEFAULT_RATE_LIMITS, **limits}
 
     @model_validator(mode="after")
     def _routes_are_resolvable(self) -> GatewaySettings:

@@ -106,7 +106,10 @@ class AcceptedOut(BaseModel):
 
 
 @router.post(
-    "/v1/tenants", status_code=201, response_model=TenantOut, responses=problem_responses(*AUTHENTICATED)
+    "/v1/tenants",
+    status_code=201,
+    response_model=TenantOut,
+    responses=problem_responses(*AUTHENTICATED, problems.UNKNOWN_USER),
 )
 async def create_tenant(body: TenantIn, caller: CallerId, db: WriteSession, svc: TenantSvc) -> TenantOut:
     return TenantOut.model_validate(await svc.create(db, caller, body.name), from_attributes=True)

@@ -50,6 +50,7 @@ from prognetwork.users.problems import (
     SEAT_LIMIT_REACHED,
     TENANT_NOT_FOUND,
     TOO_MANY_INVITATIONS,
+    UNKNOWN_USER,
 )
 from prognetwork.users.service import Accounts
 from prognetwork.users.sessions import digest
@@ -157,6 +158,9 @@ class Tenants:
         tenant_id = uuid.uuid4()
         base = slugify(name)
         async with _scoped(db, tenant_id, caller):
+            if await queries.user_by_id(db, caller) is None:
+                # A valid token can outlive its account (deleted since it was issued).
+                raise UNKNOWN_USER("This account no longer exists.")
             # Other tenants' slugs are invisible here (row-level security), but the unique index
             # sees them all: try the name's slug, then add a short random suffix until one is free.
             for attempt in range(SLUG_ATTEMPTS):

@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable
 
-import httpx
+import aiohttp
 
 from prognetwork.fakes.stripe.params import Obj
 
@@ -49,11 +49,12 @@ class Dispatcher:
         self._types: dict[str, str] = {}
         self._queues: dict[str, asyncio.Queue[str]] = {url: asyncio.Queue() for url in urls}
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
-        # trust_env off: a proxy configured for the outside world must not intercept local receivers.
-        self._client = httpx.AsyncClient(timeout=DELIVERY_TIMEOUT_SECONDS, trust_env=False)
+        # aiohttp (a runtime dependency: the fake runs from the service images too). trust_env stays
+        # off: a proxy configured for the outside world must not intercept local receivers.
+        self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_SECONDS))
         self._tasks = [asyncio.create_task(self._work(url)) for url in self.urls]
 
     async def stop(self) -> None:
@@ -63,7 +64,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     def publish(self, event: Obj) -> None:
         # Stripe sends pretty-printed JSON; a receiver that verifies a re-serialised body fails.
@@ -120,9 +121,9 @@ class Dispatcher:
                 "User-Agent": USER_AGENT,
             }
             try:
-                response = await self._client.post(url, content=body, headers=headers)
-                status_code = response.status_code
-            except httpx.HTTPError as exc:
+                async with self._client.post(url, data=body, headers=headers) as response:
+                    status_code = response.status
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             record = {
                 "event_id": event_id,
