@@ -45,6 +45,10 @@ DEFAULT_ROUTES = [
         prefix="/api/v1/billing/webhooks/stripe", upstream="billing-service", public=True, limit="webhooks"
     ),
     Route(prefix="/api/v1/billing", upstream="billing-service"),
+    # The platform admin API (admin and operator roles, checked by each owning service).
+    Route(prefix="/api/v1/admin/emails", upstream="notification-service"),
+    Route(prefix="/api/v1/admin/billing", upstream="billing-service"),
+    Route(prefix="/api/v1/admin", upstream="user-service"),
     Route(prefix="/api/v1/events/stream", upstream="event-streaming", stream=True),
     Route(prefix="/api/v1/events", upstream="event-streaming"),
     Route(
