@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -51,6 +54,22 @@ def load_settings(settings_class: type[S], **env: str) -> S:
             field = ".".join(str(p) for p in e["loc"]).upper()
             err.print(f"[bold red]error:[/] {field + ': ' if field else ''}{e['msg']}", highlight=False)
         raise typer.Exit(2) from None
+
+
+RUNNING_PLATFORM = "up.env"  # in the state folder while `prog up` runs embedded servers
+
+
+def _platform_settings(settings_class: type[S]) -> S:
+    """Settings for a command that works on the platform's data (`prog users`, `prog audit`): in
+    development with no DATABASE_URL / REDIS_URL, those of the embedded servers `prog up` runs."""
+    if os.environ.get("PROG_ENV", "development") == "development":
+        running = Settings().state_dir / RUNNING_PLATFORM
+        if running.exists():
+            for line in running.read_text().splitlines():
+                name, _, value = line.partition("=")
+                if name in ("DATABASE_URL", "REDIS_URL") and not os.environ.get(name):
+                    os.environ[name] = value
+    return load_settings(settings_class)
 
 
 def _spec(name: str) -> ServiceSpec:
@@ -217,11 +236,22 @@ def up(
             env["REDIS_URL"] = redis.url
             out.print(f"embedded Redis: data in {state / 'redis'}")
         migrations.upgrade(Settings(DATABASE_URL=env["DATABASE_URL"]).database_dsn)
+        embedded = {k: env[k] for k in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(k)}
+        if embedded:  # so `prog users …` and `prog audit …` find them while this runs
+            running = state / RUNNING_PLATFORM
+            running.write_text("".join(f"{k}={v}\n" for k, v in embedded.items()))
+            stoppers.append(lambda: running.unlink(missing_ok=True))
         for name, port in ports.items():  # how services (the gateway) find each other here
             env.setdefault(f"{specs[name].env_prefix}_URL", f"http://127.0.0.1:{port}")
         issuer = next((s for s in specs.values() if "JWT_SIGNING_KEYS" in s.secrets), None)
         if issuer is not None:  # where verifiers fetch the token issuer's public keys
             env.setdefault("JWKS_URL", f"http://127.0.0.1:{ports[issuer.name]}/.well-known/jwks.json")
+        # What the admin console shows on its Health page: these ops ports, this Prometheus.
+        env.setdefault(
+            "SERVICE_HEALTH_URLS", json.dumps({n: f"http://127.0.0.1:{p}" for n, p in ops_ports.items()})
+        )
+        if with_monitoring:
+            env.setdefault("PROMETHEUS_URL", f"http://{PROMETHEUS_ADDRESS.format(port=9090 + port_offset)}")
         if "billing-service" in specs and not os.environ.get("STRIPE_SECRET_KEY"):
             stripe_url, stop_stripe = _start_stripe_fake(specs, ports, state, port_offset)
             stoppers.append(stop_stripe)
@@ -259,6 +289,7 @@ def up(
 
 
 MONITORING_CONFIG = Path("deploy/monitoring/prometheus/local.yml")
+PROMETHEUS_ADDRESS = "127.0.0.1:{port}"
 MONITORING_TOOLS = Path("scripts/install-monitoring-tools.sh")
 
 
@@ -280,7 +311,7 @@ def _start_prometheus(ops_ports: dict[str, int], state: Path, offset: int) -> tu
     directory = state / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    address = f"127.0.0.1:{9090 + offset}"
+    address = PROMETHEUS_ADDRESS.format(port=9090 + offset)
     process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
         [  # noqa: S607 - found on PATH above
             "prometheus",
@@ -445,7 +476,7 @@ def _set_disabled(email: str, disabled: bool) -> None:
     from prognetwork.users.admin import set_disabled
     from prognetwork.users.settings import UsersSettings
 
-    settings = load_settings(UsersSettings)
+    settings = _platform_settings(UsersSettings)
     try:
         user_id = asyncio.run(set_disabled(settings, email, disabled))
     except Problem as problem:
@@ -469,6 +500,191 @@ def users_disable(email: Annotated[str, typer.Argument(help="The account's email
 def users_enable(email: Annotated[str, typer.Argument(help="The account's email address")]) -> None:
     """Enable a disabled account again (its owner logs in anew)."""
     _set_disabled(email, False)
+
+
+class PlatformRoleChoice(StrEnum):
+    """The platform roles: `admin` acts, `operator` reads, `user` neither (the admin API)."""
+
+    user = "user"
+    operator = "operator"
+    admin = "admin"
+
+
+def _run_admin(change: Callable[..., Any]) -> Any:
+    """Run `change(admin, session, actor)` against the databases, as the CLI's actor (audited as
+    `cli:<os user>`); a refusal is one line and exit 1."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import DBAPIError
+
+    from prognetwork.kit.audit import cli_actor
+    from prognetwork.kit.problems import Problem
+    from prognetwork.users.admin import open_accounts
+    from prognetwork.users.admin_service import PlatformAdmin
+    from prognetwork.users.settings import UsersSettings
+
+    settings = _platform_settings(UsersSettings)
+    actor = cli_actor()
+
+    async def run() -> Any:
+        async with open_accounts(settings) as (accounts, session):
+            return await change(PlatformAdmin(accounts), session, actor)
+
+    try:
+        return asyncio.run(run())
+    except Problem as problem:
+        raise fail(problem.detail, 1) from None
+    except (OSError, RedisError, DBAPIError) as exc:
+        raise fail(
+            f"cannot reach PostgreSQL or Redis ({type(exc).__name__}); check DATABASE_URL and REDIS_URL"
+        ) from None
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="The account's email address")],
+    role: Annotated[PlatformRoleChoice, typer.Option(help="Its platform role")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, help="Asked for when not given (safer)"
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="Default: the address's local part")] = None,
+) -> None:
+    """Create a verified account with a platform role (how the first admin comes to exist)."""
+    from prognetwork.users.api import RegisterIn
+
+    try:  # the rules registration applies: a real address, a 10 to 128 character password, a name
+        account = RegisterIn(email=email, password=password, name=name or email.partition("@")[0])
+    except ValidationError as exc:
+        for e in exc.errors():
+            err.print(f"[bold red]error:[/] {'.'.join(map(str, e['loc']))}: {e['msg']}", highlight=False)
+        raise typer.Exit(2) from None
+    user = _run_admin(
+        lambda admin, db, actor: admin.create_user(
+            db, actor, account.email, account.password, account.name, role.value
+        )
+    )
+    out.print(f"{user.email} ({user.id}) created: {role.value}, verified", highlight=False, soft_wrap=True)
+
+
+@users_app.command("set-role")
+def users_set_role(
+    email: Annotated[str, typer.Argument(help="The account's email address")],
+    role: Annotated[PlatformRoleChoice, typer.Argument(help="Its new platform role")],
+) -> None:
+    """Give an account a platform role; it is signed out everywhere, so its next login carries it."""
+    user = _run_admin(lambda admin, db, actor: admin.set_role_by_email(db, actor, email, role.value))
+    message = f"{user.email} ({user.id}) is {role.value}; every session has ended"
+    out.print(message, highlight=False, soft_wrap=True)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="Verify, export and purge the audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_run(work: Callable[[], Any]) -> Any:
+    """Run one audit operation against PostgreSQL; an outage is one line and exit 2."""
+    import asyncio
+
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return asyncio.run(work())
+    except (OSError, DBAPIError) as exc:
+        raise fail(f"cannot reach PostgreSQL ({type(exc).__name__}); check DATABASE_URL") from None
+
+
+def _moment(value: str, option: str) -> datetime:
+    """An ISO 8601 date or time from the command line; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(
+            f"{option}: {value!r} is not an ISO 8601 date or time (e.g. 2026-01-31T00:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain and check its signed checkpoints: exit 0 if intact,
+    1 naming the first bad record and why."""
+    from prognetwork.users import audit_log
+    from prognetwork.users.settings import UsersSettings
+
+    settings = _platform_settings(UsersSettings)
+    verdict = _audit_run(lambda: audit_log.verify(settings))
+    if not verdict.ok:
+        err.print(verdict.summary(), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(verdict.summary(), highlight=False, soft_wrap=True)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="Only records from this ISO 8601 time on")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of standard output")] = None,
+) -> None:
+    """Write the audit log as JSON lines, oldest first, every column included (hashes too, so the
+    copy can be verified elsewhere)."""
+    import json
+
+    from prognetwork.kit.audit import AuditRecord
+    from prognetwork.users import audit_log
+    from prognetwork.users.settings import UsersSettings
+
+    settings = _platform_settings(UsersSettings)
+    start = _moment(since, "--since") if since else None
+    target = output.open("w", encoding="utf-8") if output else sys.stdout
+
+    def write(record: AuditRecord) -> None:
+        target.write(json.dumps(record.as_json(), sort_keys=True) + "\n")
+
+    try:
+        count = _audit_run(lambda: audit_log.export(settings, write, start))
+    finally:
+        if output:
+            target.close()
+    err.print(f"exported {count} audit records" + (f" to {output}" if output else ""), highlight=False)
+
+
+@audit_app.command("purge")
+def audit_purge(
+    before: Annotated[
+        str | None,
+        typer.Option(help="Delete records older than this ISO 8601 time. Default: AUDIT_RETENTION_DAYS"),
+    ] = None,
+) -> None:
+    """Delete old audit records, keeping the chain verifiable: the purge is itself recorded, with
+    the hash the remaining chain starts from, under a signed checkpoint."""
+    from prognetwork.kit.audit import ChainBroken
+    from prognetwork.users import audit_log
+    from prognetwork.users.settings import UsersSettings
+
+    settings = _platform_settings(UsersSettings)
+    cutoff = (
+        _moment(before, "--before") if before else audit_log.retention_cutoff(settings, datetime.now(UTC))
+    )
+    if cutoff is None:
+        raise fail("say how old: --before, or set AUDIT_RETENTION_DAYS")
+    try:
+        purged = _audit_run(lambda: audit_log.purge(settings, cutoff))
+    except ChainBroken as exc:
+        raise fail(
+            f"nothing purged: the audit log does not verify at {exc} (see `prog audit verify`)", 1
+        ) from None
+    if purged is None:
+        out.print(f"no audit record is older than {cutoff.isoformat()}; nothing purged", highlight=False)
+        return
+    out.print(
+        f"purged {purged.deleted} audit records (up to record {purged.through_seq}); "
+        f"the purge is record {purged.record_seq}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from prognetwork.registry import services
 from tests.helpers.k8s import K8S_DIR, K8S_INSTALL_SCRIPT, K8sTools
 from tests.helpers.monitoring import install_monitoring_tools
 from tests.helpers.paths import ROOT
+
+
+@pytest.fixture
+def settings_from_environment(monkeypatch) -> Callable[[str, dict[str, str]], Any]:
+    """`load("admin-client", env)`: the settings a process of that service loads from exactly this
+    environment, as in its container (the environment source decodes JSON values such as
+    SERVICE_HEALTH_URLS, which keyword arguments would leave as text)."""
+
+    def load(name: str, env: dict[str, str]) -> Any:
+        for key in list(os.environ):
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return services()[name].settings()
+
+    return load
 
 
 @pytest.fixture(scope="session")

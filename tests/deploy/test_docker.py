@@ -9,9 +9,12 @@ running the images is `make test-images` (scripts/test-images.sh).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dockerfile
 import pytest
@@ -35,7 +38,9 @@ from tests.helpers.paths import ROOT
 from tests.helpers.processes import start_service
 
 # The services behind the gateway that verify access tokens themselves (JWKS_URL), Redis for revocations.
-TOKEN_VERIFIERS = {"event-streaming", "billing-service"}
+TOKEN_VERIFIERS = {"event-streaming", "billing-service", "notification-service"}
+# The operators' web console: browsers reach it directly, as they reach the gateway.
+CONSOLE = "admin-client"
 
 # --- Dockerfile -------------------------------------------------------------------------
 
@@ -141,6 +146,34 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies(path: str, expe
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert ignored(path, patterns) is expected
+
+
+def test_the_image_installs_every_file_of_the_package(tmp_path: Path) -> None:
+    """What the builder stage installs (`pip install --no-deps .` over the build context the
+    .dockerignore leaves) holds every file of src/prognetwork: package data such as the admin
+    console's templates and static files and the migrations' script template too, which
+    setuptools leaves out unless pyproject.toml's package-data names them. The wheel pip builds
+    for that install is checked here, without building an image."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):  # the Dockerfile's COPY, beside src/
+        assert not ignored(name, patterns), name
+        shutil.copy2(ROOT / name, context / name)
+    shutil.copytree(ROOT / "src", context / "src",
+                    ignore=lambda folder, names: [n for n in names if ignored(
+                        str((Path(folder) / n).relative_to(ROOT)), patterns)])
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "--quiet", "--wheel-dir", str(tmp_path / "wheel"), str(context)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (tmp_path / "wheel").glob("prognetwork-*.whl")
+    installed = set(zipfile.ZipFile(wheel).namelist())
+    package = context / "src" / "prognetwork"
+    shipped = {str(p.relative_to(context / "src")) for p in package.rglob("*") if p.is_file()}
+    assert {name for name in shipped if not name.endswith(".py")}, "no package data found to check"
+    assert not shipped - installed, f"left out of the image: {sorted(shipped - installed)}"
 
 
 # --- compose.yaml -----------------------------------------------------------------------
@@ -267,29 +300,54 @@ def test_compose_services_believe_forwarded_for_from_the_gateway_only() -> None:
     composed = compose_config()["services"]
     (edge,) = [spec.name for spec in services().values() if spec.edge]
     (gateway_address,) = [net["ipv4_address"] for net in composed[edge]["networks"].values()]
-    assert "FORWARDED_ALLOW_IPS" not in composed[edge]["environment"], "clients reach the gateway directly"
-    for name in set(service_targets()) - {edge}:
+    for name in (edge, CONSOLE):
+        assert "FORWARDED_ALLOW_IPS" not in composed[name]["environment"], f"clients reach {name} directly"
+    for name in set(service_targets()) - {edge, CONSOLE}:
         assert composed[name]["environment"]["FORWARDED_ALLOW_IPS"] == gateway_address, name
 
 
 def test_compose_services_find_each_other_and_the_token_issuers_keys_by_service_name() -> None:
-    """The variables `prog up` sets, pointing at the compose services (named as the services)."""
+    """The variables `prog up` sets, pointing at the compose services (named as the services):
+    the gateway's for every upstream its route table names, the console's for the gateway."""
     composed = compose_config()["services"]
-    (edge,) = [spec.name for spec in services().values() if spec.edge]
-    (issuer,) = [spec for spec in services().values() if "JWT_SIGNING_KEYS" in spec.secrets]
-    prefixes = {spec.env_prefix for spec in services().values()}
+    specs = services()
+    (edge,) = [spec.name for spec in specs.values() if spec.edge]
+    (issuer,) = [spec for spec in specs.values() if "JWT_SIGNING_KEYS" in spec.secrets]
+    prefixes = {spec.env_prefix for spec in specs.values()}
     upstreams = {key: value for key, value in composed[edge]["environment"].items()
                  if key.endswith("_URL") and key.removesuffix("_URL") in prefixes}
-    expected = {f"{spec.env_prefix}_URL": f"http://{spec.name}:{spec.port}"
-                for spec in services().values() if not spec.edge}
+    routed = {route.upstream for route in specs[edge].load_settings(**composed[edge]["environment"]).routes}
+    expected = {f"{specs[name].env_prefix}_URL": f"http://{name}:{specs[name].port}" for name in routed}
     assert upstreams == expected
+    assert composed[CONSOLE]["environment"][f"{specs[edge].env_prefix}_URL"] == f"http://{edge}:{specs[edge].port}"
+    assert composed[CONSOLE]["depends_on"][edge]["condition"] == "service_healthy"
     jwks = f"http://{issuer.name}:{issuer.port}/.well-known/jwks.json"
-    # Every service that verifies tokens itself: the gateway, and event-streaming and billing behind it.
+    # Every service that verifies tokens itself: the gateway and the services behind it that do,
+    # from the issuer; the console, through the gateway's public route to the same keys.
     verifiers = {name for name, svc in composed.items() if "JWKS_URL" in (svc.get("environment") or {})}
-    assert verifiers == {edge, *TOKEN_VERIFIERS}
-    assert {composed[name]["environment"]["JWKS_URL"] for name in verifiers} == {jwks}
-    for name in verifiers:
+    assert verifiers == {edge, *TOKEN_VERIFIERS, CONSOLE}
+    assert {composed[name]["environment"]["JWKS_URL"] for name in verifiers - {CONSOLE}} == {jwks}
+    for name in verifiers - {CONSOLE}:
         assert composed[name]["depends_on"][issuer.name]["condition"] == "service_healthy", name
+    from prognetwork.gateway.proxy import compile_routes, match, upstream_url
+
+    through = urlsplit(composed[CONSOLE]["environment"]["JWKS_URL"])
+    assert (through.hostname, through.port) == (edge, specs[edge].port)
+    route = match(compile_routes(specs[edge].load_settings(**composed[edge]["environment"])), through.path)
+    assert route and route.public and route.upstream == issuer.name, route
+    assert str(upstream_url(route, through.path, b"")) == jwks
+
+
+def test_the_console_reads_every_services_readiness_in_compose(settings_from_environment) -> None:
+    """The console's Health page, as its settings load from its compose environment: every
+    registered service, each other one at its compose service's ops port, itself on loopback."""
+    composed = compose_config()["services"]
+    settings = settings_from_environment(CONSOLE, composed[CONSOLE]["environment"])
+    assert set(settings.health_urls) == set(services())
+    for name, url in settings.health_urls.items():
+        ops_port = composed[name]["environment"]["OPS_PORT"]
+        host = "127.0.0.1" if name == CONSOLE else name
+        assert url == f"http://{host}:{ops_port}", (name, url)
 
 
 def test_compose_commits_no_secret() -> None:

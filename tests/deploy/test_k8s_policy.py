@@ -9,11 +9,14 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
 from prognetwork.registry import services
-from tests.helpers.k8s import K8S_DIR, K8S_OVERLAYS, matches, of, pod_labels, pod_spec
+from tests.helpers.k8s import K8S_DIR, K8S_OVERLAYS, matches, of
+from tests.helpers.ports import free_port
 
 # Every registered service, by the one name its Kubernetes objects bear too.
 SPECS = services()
@@ -21,9 +24,14 @@ SERVICES = {name: spec.port for name, spec in SPECS.items()}
 OPS_PORTS = {name: spec.ops_port for name, spec in SPECS.items()}
 ROLLOUTS = {"user-service", "api-gateway"}
 # The services behind the gateway that verify access tokens themselves, against the issuer's keys.
-TOKEN_VERIFIERS = {"event-streaming", "billing-service"}
+TOKEN_VERIFIERS = {"event-streaming", "billing-service", "notification-service"}
+# The operators' web console: behind the edge like the gateway, a client of the gateway, and the
+# reader of every service's /readiness (its Health page).
+CONSOLE = "admin-client"
 ENV_OVERLAYS = ["development", "staging", "production"]
-WORKLOAD_KINDS = {"Deployment", "Rollout", "Job"}
+WORKLOAD_KINDS = {"Deployment", "Rollout", "Job", "CronJob"}
+# Batch work run with the user service's image: migrations before a release, the audit log's purge daily.
+BATCH_KINDS = {"Job", "CronJob"}
 ERROR_RATE_QUERY = (
     'sum by (service) (rate(errors_total{service="{{args.service}}"}[5m])) / '
     '(sum by (service) (rate(requests_total{service="{{args.service}}"}[5m])) > 0)'
@@ -37,6 +45,20 @@ HOSTS = {
 
 def workloads(objects):
     return [o for o in objects if o["kind"] in WORKLOAD_KINDS]
+
+
+def pod_template(workload):
+    """The pod template of a workload; a CronJob's is inside its Job template."""
+    spec = workload["spec"]
+    return (spec["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else spec)["template"]
+
+
+def pod_spec(workload):
+    return pod_template(workload)["spec"]
+
+
+def pod_labels(workload):
+    return pod_template(workload)["metadata"].get("labels", {})
 
 
 def config(objects) -> dict:
@@ -135,16 +157,31 @@ def test_rollback_analysis_uses_the_alerting_error_rate(rendered):
     assert sources.count("rate(errors_total") == 1, "the query is written in one place"
 
 
+def ops_service_name(name: str) -> str:
+    return f"{name}-ops"
+
+
 def test_services_select_exactly_their_pods(rendered):
+    """Each service has its API Service, on `http` alone, which the routes name; every service the
+    console watches also has an ops Service, on `ops` alone, for the console's Health page. So
+    nothing routed through a Service (the edge included) reaches `ops`."""
     _, objects = rendered
+    ops_services = {ops_service_name(name): name for name in SERVICES if name != CONSOLE}
     for service in of(objects, "Service"):
+        name = service["metadata"]["name"]
         selector = service["spec"]["selector"]
         selected = [w["metadata"]["name"] for w in workloads(objects) if matches(selector, pod_labels(w))]
-        assert selected == [service["metadata"]["name"]], f"Service {service['metadata']['name']} selects {selected}"
+        assert selected == [ops_services.get(name, name)], f"Service {name} selects {selected}"
         assert service["spec"]["type"] == "ClusterIP"
-        # The API port only: nothing routed through a Service (the edge included) reaches `ops`.
-        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
-    assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES)
+        if name in ops_services:
+            # Unready pods too: a failing /readiness is what the Health page is there to show.
+            assert service["spec"]["publishNotReadyAddresses"] is True, name
+            assert service["spec"]["ports"] == [
+                {"name": "ops", "port": OPS_PORTS[selected[0]], "targetPort": "ops"}], name
+        else:
+            assert "publishNotReadyAddresses" not in service["spec"], "unready pods take no traffic"
+            assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+    assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES) | set(ops_services)
 
 
 def test_autoscalers_own_replicas_of_sized_workloads(rendered):
@@ -229,39 +266,51 @@ def paths(objects, labels: dict, direction: str) -> set[tuple[str, str]]:
 
 DNS = {("ns:kube-system/kube-dns", "53")}
 PROMETHEUS = {("ns:monitoring/prometheus", "ops")}
+# The console's Health page reads every other service's /readiness on its ops port.
+CONSOLE_READS = {("pod:admin-client", "ops")}
+EDGE = "ns:envoy-gateway-system,ingress-nginx/*"
 DATA = "cidr:10.0.0.0/16"
 EXPECTED_PATHS = {
     "api-gateway": {
-        "ingress": {("ns:envoy-gateway-system,ingress-nginx/*", "8000")} | PROMETHEUS,
+        # The console is one of the API's clients.
+        "ingress": {(EDGE, "8000"), ("pod:admin-client", "8000")} | PROMETHEUS | CONSOLE_READS,
         "egress": DNS | {("pod:user-service", "3007"), ("pod:event-streaming", "8001"), ("pod:billing-service", "3003"),
-                         (DATA, "6379")},
+                         ("pod:notification-service", "3004"), (DATA, "6379")},
     },
     "user-service": {
-        # The streaming and billing services fetch the key set to verify tokens themselves.
-        "ingress": {("pod:api-gateway", "3007"), ("pod:event-streaming", "3007"), ("pod:billing-service", "3007")}
-        | PROMETHEUS,
+        # The streaming, billing and notification services fetch the key set to verify tokens themselves.
+        "ingress": {("pod:api-gateway", "3007"), ("pod:event-streaming", "3007"), ("pod:billing-service", "3007"),
+                    ("pod:notification-service", "3007")} | PROMETHEUS | CONSOLE_READS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379")},
     },
     "notification-service": {
-        "ingress": PROMETHEUS,
-        "egress": DNS | {(DATA, "5432"), ("internet", "443")},
+        # The admin API's emails through the gateway (and in development the outbox); SendGrid's
+        # API is public HTTPS.
+        "ingress": {("pod:api-gateway", "3004")} | PROMETHEUS | CONSOLE_READS,
+        "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007"), ("internet", "443")},
     },
     "event-streaming": {
-        "ingress": {("pod:api-gateway", "8001")} | PROMETHEUS,
+        "ingress": {("pod:api-gateway", "8001")} | PROMETHEUS | CONSOLE_READS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007")},
     },
     "billing-service": {
         # Stripe's webhooks come through the gateway like every client's request; Stripe's API is
         # public HTTPS.
-        "ingress": {("pod:api-gateway", "3003")} | PROMETHEUS,
+        "ingress": {("pod:api-gateway", "3003")} | PROMETHEUS | CONSOLE_READS,
         "egress": DNS | {(DATA, "5432"), (DATA, "6379"), ("pod:user-service", "3007"), ("internet", "443")},
     },
+    "admin-client": {
+        # Browsers through the edge; the API through the gateway only (Redis holds its sessions);
+        # every other service's ops port (/readiness) and Prometheus' query API for its Health page.
+        "ingress": {(EDGE, "3000")} | PROMETHEUS,
+        "egress": DNS | {("pod:api-gateway", "8000"), (DATA, "6379"), ("ns:monitoring/prometheus", "9090")}
+        | {(f"pod:{name}", str(port)) for name, port in OPS_PORTS.items() if name != CONSOLE},
+    },
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
+    # The audit log's purge: PostgreSQL alone (its signing key is a mounted file), nothing in.
+    "audit-retention": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
 }
 DEV_DATASTORES = {("pod:postgresql", "5432"), ("pod:redis", "6379")}
-# Development also routes /api/v1/dev (the email outbox) from the gateway to the notification service.
-DEV_OUTBOX = {"api-gateway": ("egress", ("pod:notification-service", "3004")),
-              "notification-service": ("ingress", ("pod:api-gateway", "3004"))}
 
 
 def test_network_policies_allow_exactly_the_architecture(rendered):
@@ -273,9 +322,6 @@ def test_network_policies_allow_exactly_the_architecture(rendered):
         expected = copy.deepcopy(EXPECTED_PATHS[workload["metadata"]["name"]])
         if name == "development":
             expected["egress"] |= DEV_DATASTORES
-            if workload["metadata"]["name"] in DEV_OUTBOX:
-                direction, path = DEV_OUTBOX[workload["metadata"]["name"]]
-                expected[direction].add(path)
         for direction in ("ingress", "egress"):
             assert paths(objects, labels, direction) == expected[direction], (workload["metadata"]["name"], direction)
     # Public HTTPS (SendGrid, Stripe) never reaches the VPC, the cluster or instance metadata.
@@ -287,15 +333,16 @@ def test_network_policies_allow_exactly_the_architecture(rendered):
                         to["ipBlock"]["except"]), policy["metadata"]["name"]
 
 
-def test_only_prometheus_reaches_the_ops_port(rendered):
+def test_only_prometheus_and_the_console_reach_the_ops_port(rendered):
     _, objects = rendered
     for workload in workloads(objects):
         name = workload["metadata"]["name"]
         if name not in SERVICES:
             continue
         ingress = paths(objects, pod_labels(workload), "ingress")
-        assert {(who, port) for who, port in ingress if port in ("ops", str(OPS_PORTS[name]))} == PROMETHEUS, name
-        assert {port for who, port in ingress - PROMETHEUS} <= {str(SERVICES[name])}, name
+        ops = PROMETHEUS | (CONSOLE_READS if name != CONSOLE else set())
+        assert {(who, port) for who, port in ingress if port in ("ops", str(OPS_PORTS[name]))} == ops, name
+        assert {port for who, port in ingress - ops} <= {str(SERVICES[name])}, name
 
 
 def test_datastore_urls_come_from_the_secret_where_the_service_needs_them(rendered):
@@ -389,7 +436,8 @@ def test_every_pod_passes_prog_config_check(k8s_render, name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["development", "staging", "production"])
-def test_the_gateway_and_the_verifiers_reach_services_by_their_names(k8s_render, name, tmp_path):
+def test_the_gateway_and_the_verifiers_reach_services_by_their_names(k8s_render, name, tmp_path,
+                                                                     settings_from_environment):
     """The settings each pod loads from its own environment: api-gateway's upstream for every
     route, and the key set every token verifier fetches, are Services of the services' names,
     on paths the NetworkPolicies open."""
@@ -402,7 +450,7 @@ def test_the_gateway_and_the_verifiers_reach_services_by_their_names(k8s_render,
         if app not in SPECS:
             continue
         (c,) = pod_spec(workload)["containers"]
-        settings = SPECS[app].load_settings(**pod_environment(objects, c, tmp_path / app))
+        settings = settings_from_environment(app, pod_environment(objects, c, tmp_path / app))
         egress = paths(objects, pod_labels(workload), "egress")
         reached = {settings.jwks_url} if app in {edge.name, *TOKEN_VERIFIERS} else set()
         if app == edge.name:
@@ -439,7 +487,8 @@ def test_secrets_are_never_committed_outside_development(env):
 def test_secret_files_are_mounted_per_service(rendered):
     _, objects = rendered
     files = {"user-service": ["JWT_SIGNING_KEYS"], "notification-service": ["SENDGRID_API_KEY"], "api-gateway": [],
-             "event-streaming": [], "billing-service": ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"]}
+             "event-streaming": [], "billing-service": ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"],
+             "admin-client": []}
     # Exactly the secrets each service's spec says it reads (what `prog config check` checks).
     assert {name: sorted(keys) for name, keys in files.items()} == {
         name: sorted(spec.secrets) for name, spec in SPECS.items()}
@@ -462,11 +511,16 @@ def test_images_are_immutable_per_environment(env):
                 assert re.search(r":\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$", c["image"]), c["image"]
 
 
+# Work that resumes or starts over when its node is reclaimed: email delivery (its durable cursor)
+# and the audit log's purge (one transaction, rolled back).
+SPOT_WORKLOADS = {"notification-service", "audit-retention"}
+
+
 def test_fault_tolerant_workers_prefer_spot_in_production_only(env):
     name, objects = env
     for workload in workloads(objects):
         spec = pod_spec(workload)
-        spot = workload["metadata"]["name"] == "notification-service" and name == "production"
+        spot = workload["metadata"]["name"] in SPOT_WORKLOADS and name == "production"
         assert "nodeSelector" not in spec, "a hard node choice leaves no on-demand fallback"
         tolerations = spec.get("tolerations", [])
         assert (tolerations == [{"key": "spot-instance", "operator": "Equal", "value": "true",
@@ -475,30 +529,61 @@ def test_fault_tolerant_workers_prefer_spot_in_production_only(env):
             (preferred,) = spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
             assert preferred["preference"]["matchExpressions"] == [
                 {"key": "node-type", "operator": "In", "values": ["spot"]}]
-            assert spec["terminationGracePeriodSeconds"] < 120, "inside the spot interruption notice"
+            # Kubernetes' default grace period (30 s) where the pod sets none.
+            assert spec.get("terminationGracePeriodSeconds", 30) < 120, "inside the spot interruption notice"
         constraints = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", ())}
-        if workload["kind"] != "Job":
+        if workload["kind"] not in BATCH_KINDS:
             assert "topology.kubernetes.io/zone" in constraints
 
 
+def reaches_api_port(objects, service_name: str, port: int) -> bool:
+    """Whether a backend (Service name and port) exists and leads to its workload's API port."""
+    services = [s for s in of(objects, "Service") if s["metadata"]["name"] == service_name]
+    ports = [p for s in services for p in s["spec"]["ports"] if p["port"] == port]
+    if len(services) != 1 or len(ports) != 1:
+        return False
+    (workload,) = [w for w in workloads(objects) if matches(services[0]["spec"]["selector"], pod_labels(w))]
+    (c,) = pod_spec(workload)["containers"]
+    return container_port(c, ports[0]["targetPort"]) == SERVICES[workload["metadata"]["name"]]
+
+
+def container_port(container: dict, port: int | str) -> int:
+    """A Service's target port, by name or number, as the container's port number."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
+    return number
+
+
 def test_external_routes(rendered):
+    """api.<domain> reaches api-gateway and app.<domain> the console, each through a Service that
+    exists, on the port the Service exposes, which leads to the workload's API port."""
     name, objects = rendered
     env = name.split("-")[0]
-    services = {s["metadata"]["name"] for s in of(objects, "Service")}
-    # `admin-client` is the admin web client's Service, which arrives with that service.
-    known = services | {"admin-client"}
     routes = of(objects, "HTTPRoute")
     ingresses = of(objects, "Ingress")
+    served = {}
     if name.endswith("ingress-nginx"):
         assert not routes and not of(objects, "Gateway")
-        (ing,) = ingresses
-        spec = ing["spec"]
-        assert spec["ingressClassName"] == "nginx" and "kubernetes.io/ingress.class" not in ing["metadata"]["annotations"]
-        assert not any("rewrite-target" in a or "use-regex" in a for a in ing["metadata"]["annotations"])
-        assert ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
-        by_host = {r["host"]: r["http"]["paths"][0]["backend"]["service"]["name"] for r in spec["rules"]}
-        assert set(spec["tls"][0]["hosts"]) == set(by_host) == HOSTS[env]
-        assert {h.split(".")[0]: s for h, s in by_host.items()} == {"api": "api-gateway", "app": "admin-client"}
+        assert ingresses
+        for ing in ingresses:
+            spec, annotations = ing["spec"], ing["metadata"]["annotations"]
+            assert spec["ingressClassName"] == "nginx" and "kubernetes.io/ingress.class" not in annotations
+            assert not any("rewrite-target" in a or "use-regex" in a for a in annotations)
+            assert annotations["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
+            hosts = {r["host"] for r in spec["rules"]}
+            assert set(spec["tls"][0]["hosts"]) == hosts <= HOSTS[env] and spec["tls"][0]["secretName"] == "prog-tls"
+            for rule in spec["rules"]:
+                for where in rule["http"]["paths"]:
+                    backend = where["backend"]["service"]
+                    assert reaches_api_port(objects, backend["name"], backend["port"]["number"]), backend
+                    served.setdefault(rule["host"].split(".")[0], set()).add(backend["name"])
+        # cert-manager issues the certificate once, for both hosts: two Ingresses asking for the
+        # same Secret would each claim it.
+        (issuing,) = [i for i in ingresses if "cert-manager.io/cluster-issuer" in i["metadata"]["annotations"]]
+        assert issuing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+        assert set(issuing["spec"]["tls"][0]["hosts"]) == HOSTS[env]
+        assert served == {"api": {"api-gateway"}, "app": {"admin-client"}}
         return
     assert not ingresses
     gateway = of(objects, "Gateway", "prognetwork")
@@ -506,14 +591,14 @@ def test_external_routes(rendered):
     (cert,) = of(objects, "Certificate")
     assert https["tls"]["certificateRefs"][0]["name"] == cert["spec"]["secretName"]
     assert set(cert["spec"]["dnsNames"]) == HOSTS[env]
-    served = {}
     for route in routes:
         assert all(p["name"] == "prognetwork" for p in route["spec"]["parentRefs"])
         for rule in route["spec"]["rules"]:
             for backend in rule.get("backendRefs", ()):
-                assert backend["name"] in known and backend["port"] == 80
-                served.update({h.split(".")[0]: backend["name"] for h in route["spec"]["hostnames"]})
-    assert served == {"api": "api-gateway", "app": "admin-client"}
+                assert reaches_api_port(objects, backend["name"], backend["port"]), backend
+                for host in route["spec"]["hostnames"]:
+                    served.setdefault(host.split(".")[0], set()).add(backend["name"])
+    assert served == {"api": {"api-gateway"}, "app": {"admin-client"}}
     redirect = of(objects, "HTTPRoute", "https-redirect")
     assert set(redirect["spec"]["hostnames"]) == HOSTS[env]
     assert redirect["spec"]["parentRefs"][0]["sectionName"] == "http"
@@ -529,10 +614,16 @@ def prefix_matches(prefix: str, path: str) -> bool:
 
 
 def edge_backends(objects, host: str, path: str) -> set[str]:
-    """The Services an HTTPS request for `host` and `path` is sent to from outside the cluster:
-    by the HTTPRoutes on the Gateway's HTTPS listener, or by the Ingress rules. In both the
-    longest matching prefix wins (no route here matches on headers, methods or regexes)."""
-    found: list[tuple[int, str]] = []
+    """The Services an HTTPS request for `host` and `path` is sent to from outside the cluster."""
+    return {name for name, _ in edge_matches(objects, host, path)}
+
+
+def edge_matches(objects, host: str, path: str) -> list[tuple[str, dict]]:
+    """Where an HTTPS request for `host` and `path` is sent from outside the cluster, by the
+    HTTPRoutes on the Gateway's HTTPS listener or by the Ingress rules (in both the longest
+    matching prefix wins; no route here matches on headers, methods or regexes): each Service,
+    with what the edge applies on the way, the rule's `timeouts` or the Ingress's annotations."""
+    found: list[tuple[int, str, dict]] = []
     for route in of(objects, "HTTPRoute"):
         spec = route["spec"]
         if host not in spec.get("hostnames", [host]) or not any(
@@ -543,7 +634,8 @@ def edge_backends(objects, host: str, path: str) -> set[str]:
                 where = match.get("path", {"type": "PathPrefix", "value": "/"})
                 assert set(match) <= {"path"} and where["type"] in {"PathPrefix", "Exact"}, match
                 if where["value"] == path or where["type"] == "PathPrefix" and prefix_matches(where["value"], path):
-                    found += [(len(where["value"]), backend["name"]) for backend in rule.get("backendRefs", ())]
+                    found += [(len(where["value"]), backend["name"], rule.get("timeouts", {}))
+                              for backend in rule.get("backendRefs", ())]
     for ingress in of(objects, "Ingress"):
         assert "defaultBackend" not in ingress["spec"]
         for rule in ingress["spec"]["rules"]:
@@ -552,9 +644,10 @@ def edge_backends(objects, host: str, path: str) -> set[str]:
             for where in rule["http"]["paths"]:
                 assert where["pathType"] in {"Prefix", "Exact"}, where
                 if where["path"] == path or where["pathType"] == "Prefix" and prefix_matches(where["path"], path):
-                    found.append((len(where["path"]), where["backend"]["service"]["name"]))
-    longest = max((length for length, _ in found), default=0)
-    return {name for length, name in found if length == longest}
+                    found.append((len(where["path"]), where["backend"]["service"]["name"],
+                                  ingress["metadata"].get("annotations", {})))
+    longest = max((length for length, _, _ in found), default=0)
+    return [(name, applied) for length, name, applied in found if length == longest]
 
 
 def test_stripe_webhooks_reach_billing_through_the_gateway_only(rendered, tmp_path):
@@ -595,6 +688,44 @@ def test_stripe_webhooks_reach_billing_through_the_gateway_only(rendered, tmp_pa
     assert ("pod:api-gateway", str(port)) in paths(objects, pod_labels(billing), "ingress")
 
 
+# Server-Sent Events: the gateway's event stream, and the console's relay of it to the browser.
+STREAMS = {"api": ("/api/v1/events/stream", "api-gateway"), "app": ("/events/stream", "admin-client")}
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def test_event_streams_cross_the_edge_unbuffered_and_without_a_deadline(rendered, tmp_path):
+    """A stream lasts as long as the browser stays. At the edge its path gets no request deadline
+    (without one, Envoy Gateway gives a route Envoy's 15 s, which would end every stream) or,
+    through ingress-nginx, no buffering and a read timeout well above nginx's 60 s and the
+    stream's keep-alive interval (a quiet relay must not be cut). Every other path keeps the
+    edge's defaults: a page that hangs still times out."""
+    from prognetwork.gateway.proxy import compile_routes, match
+
+    name, objects = rendered
+    hosts = {host.split(".")[0]: host for host in HOSTS[name.split("-")[0]]}
+    heartbeat = SPECS["event-streaming"].load_settings().stream_heartbeat_seconds
+    # The edge's stream path on api.<domain> is the one the gateway's own route table streams.
+    gateway = next(w for w in workloads(objects) if w["metadata"]["name"] == "api-gateway")
+    (c,) = pod_spec(gateway)["containers"]
+    settings = SPECS["api-gateway"].load_settings(**pod_environment(objects, c, tmp_path / "api-gateway"))
+    route = match(compile_routes(settings), STREAMS["api"][0])
+    assert route and route.stream and route.upstream == "event-streaming", route
+    for prefix, (path, service) in STREAMS.items():
+        for where, streamed in ((path, True), (path + "/more", True), ("/", False), ("/api/v1/events", False)):
+            (found,) = edge_matches(objects, hosts[prefix], where)
+            backend, applied = found
+            assert backend == service, (prefix, where, backend)
+            if name.endswith("ingress-nginx"):
+                read_timeout = applied.get(NGINX + "proxy-read-timeout")
+                if streamed:
+                    assert applied.get(NGINX + "proxy-buffering") == "off", (prefix, where)
+                    assert int(read_timeout) > max(60, 4 * heartbeat), (prefix, where, read_timeout)
+                else:
+                    assert read_timeout is None and NGINX + "proxy-buffering" not in applied, (prefix, where)
+            else:
+                assert applied == ({"request": "0s"} if streamed else {}), (prefix, where, applied)
+
+
 @pytest.mark.parametrize("name", ENV_OVERLAYS)
 def test_billing_talks_to_stripe_itself_in_every_cluster(k8s_render, name, tmp_path):
     """Only the compose stack points billing at a Stripe fake. Staging and production set no
@@ -609,6 +740,188 @@ def test_billing_talks_to_stripe_itself_in_every_cluster(k8s_render, name, tmp_p
     env = pod_environment(objects, c, tmp_path / "billing-service")
     settings = SPECS["billing-service"].load_settings(**env)
     assert settings.stripe_api_address == "https://api.stripe.com"
+
+
+@pytest.mark.parametrize("name", ENV_OVERLAYS)
+def test_the_console_reaches_the_gateway_every_services_readiness_and_prometheus(k8s_render, name, tmp_path,
+                                                                                  settings_from_environment):
+    """The console's settings, loaded from its pod's environment: the gateway's Service (its API
+    port), for every registered service an address whose /readiness answers (each other service's
+    ops Service, which includes unready pods; its own ops port over loopback), and Prometheus;
+    the NetworkPolicies open each of those paths at both ends."""
+    objects = k8s_render(f"overlays/{name}")
+    console = next(w for w in workloads(objects) if w["metadata"]["name"] == CONSOLE)
+    (c,) = pod_spec(console)["containers"]
+    settings = settings_from_environment(CONSOLE, pod_environment(objects, c, tmp_path / CONSOLE))
+    egress = paths(objects, pod_labels(console), "egress")
+
+    def ingress_of(service: str) -> set[tuple[str, str]]:
+        workload = next(w for w in workloads(objects) if w["metadata"]["name"] == service)
+        return paths(objects, pod_labels(workload), "ingress")
+
+    api = urlsplit(settings.api_gateway_url)
+    assert api.scheme == "http" and reaches_api_port(objects, api.hostname, api.port or 80), settings.api_gateway_url
+    gateway_port = str(SERVICES["api-gateway"])
+    assert ("pod:api-gateway", gateway_port) in egress and (f"pod:{CONSOLE}", gateway_port) in ingress_of("api-gateway")
+    # The keys it verifies operators' tokens with: through the gateway's public route to the issuer's.
+    from prognetwork.gateway.proxy import compile_routes, match, upstream_url
+
+    (issuer,) = [spec for spec in SPECS.values() if "JWT_SIGNING_KEYS" in spec.secrets]
+    assert settings.jwks_url == f"{settings.api_gateway_url}/.well-known/jwks.json"
+    gateway = next(w for w in workloads(objects) if w["metadata"]["name"] == "api-gateway")
+    (gc,) = pod_spec(gateway)["containers"]
+    gateway_settings = settings_from_environment("api-gateway", pod_environment(objects, gc, tmp_path / "api-gateway"))
+    route = match(compile_routes(gateway_settings), "/.well-known/jwks.json")
+    assert route and route.public and route.upstream == issuer.name, route
+    assert str(upstream_url(route, "/.well-known/jwks.json", b"")) == f"http://{issuer.name}/.well-known/jwks.json"
+
+    assert set(settings.health_urls) == set(SPECS)
+    for service, url in settings.health_urls.items():
+        target = urlsplit(url)
+        assert target.scheme == "http" and target.path in ("", "/"), url
+        if service == CONSOLE:
+            # Its own pod: loopback, which no NetworkPolicy governs.
+            assert (target.hostname, target.port) == ("127.0.0.1", OPS_PORTS[CONSOLE]), url
+            continue
+        ops = of(objects, "Service", target.hostname)
+        assert ops["spec"].get("publishNotReadyAddresses") is True, f"{url}: unready pods would be hidden"
+        (port,) = [p for p in ops["spec"]["ports"] if p["port"] == target.port]
+        (workload,) = [w for w in workloads(objects) if matches(ops["spec"]["selector"], pod_labels(w))]
+        assert workload["metadata"]["name"] == service, url
+        (wc,) = pod_spec(workload)["containers"]
+        assert container_port(wc, port["targetPort"]) == OPS_PORTS[service], url
+        assert (f"pod:{service}", str(OPS_PORTS[service])) in egress, url
+        assert (f"pod:{CONSOLE}", "ops") in ingress_of(service), url
+
+    # The Prometheus the canary analysis asks, in namespace `monitoring`.
+    (metric,) = of(objects, "AnalysisTemplate", "error-rate")["spec"]["metrics"]
+    assert settings.prometheus_url == metric["provider"]["prometheus"]["address"]
+    prometheus = urlsplit(settings.prometheus_url)
+    assert prometheus.hostname == "prometheus.monitoring.svc"
+    assert ("ns:monitoring/prometheus", str(prometheus.port)) in egress
+
+
+# ---- the audit log's retention ---------------------------------------------------------
+
+RETENTION = "audit-retention"
+# How many days each environment keeps an audit record (AUDIT_RETENTION_DAYS in prog-config).
+RETENTION_DAYS = {"development": 30, "staging": 90, "production": 365}
+
+
+def retention_job(objects) -> tuple[dict, dict]:
+    """The purge's CronJob and its one container."""
+    cron = of(objects, "CronJob", RETENTION)
+    (c,) = pod_spec(cron)["containers"]
+    return cron, c
+
+
+def test_audit_retention_runs_daily_one_run_at_a_time(rendered):
+    _, objects = rendered
+    cron, c = retention_job(objects)
+    spec = cron["spec"]
+    minute, hour, *every_day = spec["schedule"].split()
+    assert every_day == ["*", "*", "*"] and 0 <= int(minute) < 60 and 0 <= int(hour) < 24, spec["schedule"]
+    assert spec["timeZone"] == "Etc/UTC" and spec.get("suspend") is not True
+    # Purges queue on the same lock: never two at once. A missed run starts late rather than
+    # never, but always before the next day's is due.
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["startingDeadlineSeconds"] < 86400
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert 1 <= job["backoffLimit"] <= 6
+    assert 0 < job["activeDeadlineSeconds"] < 86400, "a stuck run ends (its transaction rolls back) before the next"
+    assert job["ttlSecondsAfterFinished"] >= 86400, "a failed run's pod log outlives the night it failed in"
+    assert pod_spec(cron)["restartPolicy"] == "Never"
+    # Exit 1 (the log does not verify) ends the Job; an evicted or reclaimed pod costs no retry.
+    rules = job["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [1]}} in rules
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+
+
+def test_audit_retention_purges_with_the_user_service_image_key_and_config(rendered):
+    """`prog audit purge`, with the user service's image, security context and signing key (the
+    purge signs a checkpoint verifiers check against its JWKS), prog-config and DATABASE_URL; no
+    Redis, no ports, nothing scrapes it and no Service selects it."""
+    _, objects = rendered
+    cron, c = retention_job(objects)
+    users = of(objects, "Rollout", "user-service")
+    (uc,) = pod_spec(users)["containers"]
+    assert c["command"] == ["prog", "audit", "purge"] and "args" not in c, "AUDIT_RETENTION_DAYS says how old"
+    assert c["image"] == uc["image"]
+    assert c["envFrom"] == uc["envFrom"]
+    assert c["env"] == [e for e in uc["env"] if e["name"] == "DATABASE_URL"]
+    assert "ports" not in c and "annotations" not in pod_template(cron)["metadata"]
+    assert pod_spec(cron)["securityContext"] == pod_spec(users)["securityContext"]
+    assert c["securityContext"] == uc["securityContext"]
+
+    def secret_files(workload: dict, container: dict) -> tuple[list[dict], list[dict]]:
+        volumes = [v for v in pod_spec(workload)["volumes"] if "secret" in v]
+        mounts = [m for m in container["volumeMounts"] if m["name"] in {v["name"] for v in volumes}]
+        return volumes, mounts
+
+    volumes, mounts = secret_files(cron, c)
+    assert (volumes, mounts) == secret_files(users, uc)
+    assert [i["key"] for v in volumes for i in v["secret"]["items"]] == ["JWT_SIGNING_KEYS"]
+    assert [m["mountPath"] for m in mounts] == [config(objects)["SECRETS_DIR"]]
+    assert pod_spec(cron)["serviceAccountName"] == RETENTION and pod_spec(cron)["automountServiceAccountToken"] is False
+    assert of(objects, "ServiceAccount", RETENTION)["automountServiceAccountToken"] is False
+    # A policy of its own (test_network_policies_allow_exactly_the_architecture checks the paths).
+    policy = of(objects, "NetworkPolicy", RETENTION)["spec"]
+    assert matches(policy["podSelector"], pod_labels(cron))
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in policy
+
+
+@pytest.mark.parametrize("name", ENV_OVERLAYS)
+def test_audit_retention_keeps_what_its_environment_says(k8s_render, name, tmp_path, settings_from_environment):
+    """The user service's settings, loaded from the purge pod's environment: the retention its
+    environment chose, and nothing `prog config check` would refuse for a user-service process
+    that reaches PostgreSQL alone (it never opens Redis, which its NetworkPolicy closes)."""
+    from prognetwork.users import audit_log
+
+    objects = k8s_render(f"overlays/{name}")
+    _, c = retention_job(objects)
+    env = pod_environment(objects, c, tmp_path / RETENTION)
+    assert env["PROG_ENV"] == name and "REDIS_URL" not in env
+    settings = settings_from_environment("user-service", env)
+    assert settings.audit_retention_days == RETENTION_DAYS[name]
+    now = datetime.now(UTC)
+    assert audit_log.retention_cutoff(settings, now) == now - timedelta(days=RETENTION_DAYS[name])
+    spec = SPECS["user-service"]
+    assert "postgres" in spec.needs and spec.secrets == ("JWT_SIGNING_KEYS",)
+    assert settings.problems(spec.needs - {"redis"}, spec.secrets) == []
+    if name != "development":
+        # The check can fail: without the signing key it says so.
+        (tmp_path / RETENTION / "JWT_SIGNING_KEYS").unlink()
+        problems = settings_from_environment("user-service", env).problems(spec.needs - {"redis"}, spec.secrets)
+        assert problems == ["secret JWT_SIGNING_KEYS is missing (set it in the environment or the secrets directory)"]
+
+
+@pytest.mark.parametrize("name", ["staging", "production"])
+def test_the_purge_starts_in_its_pods_environment(k8s_render, name, tmp_path):
+    """`prog audit purge` run in the CronJob pod's own environment, PostgreSQL pointed at a port
+    nothing listens on: the settings load, AUDIT_RETENTION_DAYS gives the cutoff and the mounted
+    key loads, so it fails only at the database (exit 2). Without the retention it refuses to
+    guess; without the key it fails before the database."""
+    objects = k8s_render(f"overlays/{name}")
+    _, c = retention_job(objects)
+    env = pod_environment(objects, c, tmp_path / RETENTION)
+    database = urlsplit(env["DATABASE_URL"])
+    unreachable = database._replace(netloc=f"{database.username}:{database.password}@127.0.0.1:{free_port()}")
+    env["DATABASE_URL"] = unreachable.geturl()
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+
+    def purge(env: dict[str, str]) -> subprocess.CompletedProcess:
+        # c["command"] is `prog audit purge`: the same entry point, from this interpreter.
+        return subprocess.run([sys.executable, "-m", "prognetwork", *c["command"][1:]], env={**base, **env},
+                              capture_output=True, text=True, timeout=60)
+
+    result = purge(env)
+    assert result.returncode == 2 and "cannot reach PostgreSQL" in result.stderr, result.stdout + result.stderr
+    result = purge({k: v for k, v in env.items() if k != "AUDIT_RETENTION_DAYS"})
+    assert result.returncode == 2 and "set AUDIT_RETENTION_DAYS" in result.stderr, result.stdout + result.stderr
+    (tmp_path / RETENTION / "JWT_SIGNING_KEYS").unlink()
+    result = purge(env)
+    assert result.returncode == 1 and "JWT_SIGNING_KEYS" in result.stderr, result.stdout + result.stderr
 
 
 # ---- production against staging ---------------------------------------------------------
@@ -626,7 +939,9 @@ def normalised(objects, env: str) -> dict:
         meta["name"] = name
         spec = obj.get("spec", {})
         if obj["kind"] in WORKLOAD_KINDS:
-            template = spec["template"]
+            if obj["kind"] == "CronJob":
+                spec["jobTemplate"]["metadata"]["labels"].pop("environment", None)
+            template = pod_template(obj)
             template["metadata"]["labels"].pop("environment", None)
             pod = template["spec"]
             for key in ("tolerations", "affinity"):  # production's spot preference
@@ -637,7 +952,8 @@ def normalised(objects, env: str) -> dict:
                 for e in c.get("envFrom", ()):
                     e.get("configMapRef", {}).update(name="prog-config")
         if obj["kind"] == "ConfigMap":
-            for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM"):
+            # AUDIT_RETENTION_DAYS: each environment keeps its audit records as long as it needs.
+            for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM", "AUDIT_RETENTION_DAYS"):
                 obj["data"].pop(key)
             # The same plans; each environment's Stripe account has its own price ids.
             obj["data"]["BILLING_PLANS"] = [{**plan, "price_id": plan["price_id"] and "PRICE"}

@@ -121,6 +121,11 @@ def test_the_validators_reject_mistakes(k8s_render):
     deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavialable"] = 0
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_builtin(deployment, KUBERNETES_VERSIONS[0])
+    # A CronJob's Job template is checked as deeply as a Deployment's pod template.
+    cron = copy.deepcopy(next(o for o in objects if o["kind"] == "CronJob"))
+    cron["spec"]["jobTemplate"]["spec"]["ttlSecondsAfterFinish"] = 600
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(cron, KUBERNETES_VERSIONS[0])
 
     need_crd_schemas()
     rollout = copy.deepcopy(next(o for o in objects if o["kind"] == "Rollout"))

@@ -29,6 +29,12 @@ def test_config_is_valid(monitoring_tools):
     # Its availability alerts are everyone's: the pager alone, as for any service.
     ({"severity": "critical", "alertname": "ServiceDown", "service": "billing-service"}, "pagerduty-and-slack"),
     ({"severity": "warning", "alertname": "HighLatencyP95", "service": "billing-service"}, "slack-and-email"),
+    # The admin console has no signals of its own: its generic alerts go by severity. Its outage
+    # pages: the operators lose their view of the platform and the means to act on it.
+    ({"severity": "critical", "alertname": "ServiceDown", "service": "admin-client"}, "pagerduty-and-slack"),
+    ({"severity": "warning", "alertname": "ReadinessFailing", "service": "admin-client"}, "slack-and-email"),
+    # The audit log's chain broken: records were altered or deleted. It pages.
+    ({"severity": "critical", "alertname": "AuditChainBroken", "service": "user-service"}, "pagerduty-and-slack"),
 ])
 def test_routes_by_severity(monitoring_tools, labels, receiver):
     result = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", f"--verify.receivers={receiver}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -73,6 +74,23 @@ def billing_walkthrough(gateway: str, email: str, stripe_fake: str) -> None:
                       .get("seats") == 20, what="the tenant's seats from billing")
 
 
+def first_admin(state, gateway: str, console: str) -> None:
+    """The README's way to the console: `prog users create … --role admin` beside a running `prog up`
+    (it finds the embedded servers by itself), then that account signs in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PROG_ENV")}
+    email = unique_email("first-admin")
+    created = subprocess.run(
+        [sys.executable, "-m", "prognetwork", "users", "create", "--email", email, "--password", PASSWORD,
+         "--role", "admin"], env={**env, "PROG_STATE_DIR": str(state)}, cwd=ROOT, capture_output=True, text=True,
+        timeout=60)
+    assert created.returncode == 0, created.stdout + created.stderr
+    status, tokens = request_json("POST", gateway + "/api/v1/auth/login", {"email": email, "password": PASSWORD})
+    assert status == 200, tokens
+    assert request_json("GET", gateway + "/api/v1/admin/users?q=first-admin",
+                        headers={"Authorization": f"Bearer {tokens['access_token']}"})[0] == 200
+    assert http_status(console + "/login") == 200
+
+
 def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
     # Every port (3004…9090 + offset) below the kernel's ephemeral range (32768 up), where the
     # other tests' free ports and outgoing connections come from, so none can be taken meanwhile.
@@ -103,8 +121,13 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
                         if child.cmdline()[2:4] == ["prognetwork", "serve"]}
         assert {name: env.get("FORWARDED_ALLOW_IPS") for name, env in environments.items()} == {
             "api-gateway": None, "user-service": "127.0.0.1", "notification-service": "127.0.0.1",
-            "event-streaming": "127.0.0.1", "billing-service": "127.0.0.1"}
+            "event-streaming": "127.0.0.1", "billing-service": "127.0.0.1", "admin-client": "127.0.0.1"}
         assert set(environments) == set(specs)
+        # The console's Health page: every ops port in use, and the Prometheus --with-monitoring runs.
+        console = environments["admin-client"]
+        assert json.loads(console["SERVICE_HEALTH_URLS"]) == {
+            name: f"http://127.0.0.1:{spec.ops_port + offset}" for name, spec in specs.items()}
+        assert console["PROMETHEUS_URL"] == f"http://127.0.0.1:{9090 + offset}"
         # Each finds the others at <NAME>_URL, and the token issuer's keys at JWKS_URL.
         for env in environments.values():
             assert {f"{spec.env_prefix}_URL": env.get(f"{spec.env_prefix}_URL") for spec in specs.values()} == {
@@ -133,6 +156,7 @@ def test_prog_up_runs_the_platform_and_keeps_data_across_restarts(tmp_path):
         assert request_json("POST", gateway + "/api/v1/auth/verify-email",
                             {"token": token, "password": PASSWORD})[0] == 200
         billing_walkthrough(gateway, email, f"http://127.0.0.1:{12111 + offset}")
+        first_admin(state, gateway, f"http://127.0.0.1:{3000 + offset}")
     finally:
         code = stop_up(up)
     assert code == 0, log_path.read_text()[-3000:]

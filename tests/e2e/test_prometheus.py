@@ -47,6 +47,10 @@ NO_DATA_HERE = {
     "stream_": "the streaming service's own metrics; tests/integration/test_streaming.py checks their export",
     "billing_": "billing's own metrics; tests/deploy/test_monitoring_billing.py checks them over billing-shaped series",
     'service="billing-service"': "billing runs against a Stripe fake in its own tests, not in this platform",
+    'service="admin-client"': "the admin console is not started here; tests/deploy/test_monitoring_admin.py checks "
+                              "its dashboard over series of its shape",
+    "audit_chain_broken": "the user service's alone, and 0 here (nothing breaks its audit chain); "
+                          "tests/deploy/test_monitoring_audit.py checks the alert and panel over series of its shape",
 }
 # Only user-service answered 5xx (its Redis was stopped): notification-service has no errors_total
 # series, so the agreed error ratio has no sample for it: empty, never NaN.

@@ -152,6 +152,20 @@ async def test_a_paid_checkout_makes_the_tenant_pro(billing, client, owner, db):
                    409, "already-subscribed")
 
 
+async def test_a_payment_whose_webhooks_have_not_arrived_still_blocks_a_second_subscription(billing, client, owner):
+    _, headers = owner
+    first = (await client.post("/v1/billing/checkout", json={"plan": "pro"}, headers=headers)).json()
+    billing.fake.pause()  # paid at Stripe, not yet told to us
+    try:
+        assert billing.fake.pay(first["url"]).status_code == 303
+        assert (await client.get("/v1/billing/subscription", headers=headers)).json()["status"] == "none"
+        problem = assert_problem(await client.post("/v1/billing/checkout", json={"plan": "enterprise"},
+                                                   headers=headers), 409, "already-subscribed")
+        assert "pro" in problem["detail"]
+    finally:
+        billing.fake.resume()
+
+
 async def test_the_portal_opens_once_the_tenant_is_a_stripe_customer(client, owner):
     _, headers = owner
     body = assert_problem(await client.post("/v1/billing/portal", headers=headers), 409, "no-billing-account")

@@ -343,7 +343,7 @@ async def test_publish_validation_and_idempotency(streaming, tight, http, signin
     status, event = await post({"type": "partner.order_shipped", "payload": {"order": 7}, "user_id": str(user)},
                                key="op-1", who=operator)
     assert status == 201 and event["user_id"] == str(user) and event["tenant_id"] is None
-    for reserved in ("user.deleted", "billing.charged", "notification.sent", "system.restarted"):
+    for reserved in ("user.deleted", "tenant.member_invited", "billing.charged", "notification.sent", "system.restarted"):
         status, _ = await post({"type": reserved, "payload": {}}, key=f"op-{reserved}", who=operator)
         assert status == 403, reserved
     async with http.post(url, json=note, headers={"Idempotency-Key": "x"}) as response:

@@ -325,6 +325,55 @@ async def test_removing_a_member_ends_their_sessions_inside_the_tenant(users, db
                    404, "member-not-found")
 
 
+async def test_switching_away_does_not_keep_a_removed_members_token_for_the_tenant(users, db):
+    ada = await person(users, db, "ada")
+    tenant = await create_tenant(users, ada)
+    bob = await join(users, db, ada, tenant["id"], "admin", "bob")
+    own = await create_tenant(users, bob)
+    assert (await switch(users, bob, tenant["id"])).status_code == 200
+    kept = dict(bob.headers)  # an access token carrying the tenant, kept by its holder
+    # The same session moves on to a tenant of Bob's own before Ada removes him.
+    assert (await switch(users, bob, own["id"])).status_code == 200
+    removed = await users.delete(f"/v1/tenants/{tenant['id']}/members/{bob.user_id}", headers=ada.headers)
+    assert removed.status_code == 204, removed.text
+    assert_problem(await users.get("/v1/users/me", headers=kept), 401, "invalid-token")
+    (event,) = await events_of(db, tenant["id"], "tenant.member_removed")
+    assert event["sessions_ended"] == 1
+
+
+async def test_a_demotion_ends_the_tokens_that_carry_the_old_role(users, db):
+    ada = await person(users, db, "ada")
+    tenant = await create_tenant(users, ada)
+    bob = await join(users, db, ada, tenant["id"], "admin", "bob")
+    assert (await switch(users, bob, tenant["id"])).status_code == 200 and bob.claims["tenant_role"] == "admin"
+    demoted = await users.patch(f"/v1/tenants/{tenant['id']}/members/{bob.user_id}", json={"role": "member"},
+                                headers=ada.headers)
+    assert demoted.status_code == 200, demoted.text
+    assert_problem(await users.get("/v1/users/me", headers=bob.headers), 401, "invalid-token")
+    # A promotion takes nothing away: it shows at the next refresh.
+    carol = await join(users, db, ada, tenant["id"], "member", "carol")
+    assert (await switch(users, carol, tenant["id"])).status_code == 200
+    promoted = await users.patch(f"/v1/tenants/{tenant['id']}/members/{carol.user_id}", json={"role": "admin"},
+                                 headers=ada.headers)
+    assert promoted.status_code == 200
+    assert (await users.get("/v1/users/me", headers=carol.headers)).status_code == 200
+    assert (await refresh(users, carol)).status_code == 200 and carol.claims["tenant_role"] == "admin"
+
+
+async def test_an_invitation_is_void_once_its_inviter_lost_the_authority_to_send_it(users, db):
+    ada = await person(users, db, "ada")
+    tenant = await create_tenant(users, ada)
+    olga = await join(users, db, ada, tenant["id"], "owner", "olga")
+    xavier = await person(users, db, "xavier")
+    token = await invite(users, db, olga, tenant["id"], xavier.email, "owner")
+    demoted = await users.patch(f"/v1/tenants/{tenant['id']}/members/{olga.user_id}", json={"role": "member"},
+                                headers=ada.headers)
+    assert demoted.status_code == 200, demoted.text
+    assert_problem(await accept(users, xavier, token), 404, "invitation-not-found")
+    members = (await users.get(f"/v1/tenants/{tenant['id']}/members", headers=ada.headers)).json()
+    assert xavier.email not in [m["email"] for m in members]
+
+
 # -- roles, removal and the last owner ----------------------------------------------------------------
 
 async def test_admins_manage_members_but_not_owners(users, db):

@@ -12,6 +12,7 @@ from prognetwork.billing import problems
 from prognetwork.billing.deps import Manager, Member, RequestId, Svc, WebhooksDep, WriteSession
 from prognetwork.billing.plans import FREE_PLAN, Entitlements
 from prognetwork.billing.state import SubscriptionRecord
+from prognetwork.kit.audit import RequestOrigin, origin_of
 from prognetwork.kit.problems import AUTHENTICATED, BODY_TOO_LARGE, problem_responses
 from prognetwork.kit.validation import Text
 
@@ -110,9 +111,15 @@ async def plans(svc: Svc) -> PlansOut:
     ),
 )
 async def checkout(
-    svc: Svc, db: WriteSession, manager: Manager, body: CheckoutIn, request_id: RequestId, response: Response
+    svc: Svc,
+    db: WriteSession,
+    manager: Manager,
+    body: CheckoutIn,
+    request_id: RequestId,
+    response: Response,
+    origin: RequestOrigin,
 ) -> CheckoutOut:
-    session = await svc.start_checkout(db, manager, body.plan, request_id)
+    session = await svc.start_checkout(db, manager, body.plan, request_id, origin=origin)
     response.headers.update(NO_STORE)
     return CheckoutOut(url=session.url, session_id=session.id)
 
@@ -164,5 +171,5 @@ async def stripe_webhook(
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookOut:
     # The raw bytes: the signature covers them exactly, not a re-encoding of parsed JSON.
-    outcome = await webhooks.receive(db, await request.body(), stripe_signature)
+    outcome = await webhooks.receive(db, await request.body(), stripe_signature, origin=origin_of(request))
     return WebhookOut(outcome=outcome)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from prognetwork.billing import SPEC, api
+from prognetwork.billing import SPEC, admin_api, api
 from prognetwork.billing.runtime import Runtime, open_runtime
 from prognetwork.billing.settings import BillingSettings
 from prognetwork.kit.app import Lifecycle, create_service_app
@@ -23,5 +23,5 @@ async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
 def create_app(settings: BillingSettings | None = None) -> FastAPI:
     settings = settings or BillingSettings()
     return create_service_app(
-        SPEC, settings, [api.router], runtime=open_runtime, background=[keep_keys_fresh]
+        SPEC, settings, [api.router, admin_api.router], runtime=open_runtime, background=[keep_keys_fresh]
     )

@@ -17,6 +17,7 @@ from prognetwork.billing.problems import FORBIDDEN, TENANT_REQUIRED
 from prognetwork.billing.runtime import Runtime
 from prognetwork.billing.service import Billing, TenantMember
 from prognetwork.billing.webhooks import Webhooks
+from prognetwork.kit import audit
 from prognetwork.kit.app import WriteSession
 from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.kit.tokens import InvalidToken
@@ -60,6 +61,7 @@ class Claims:
     user_id: uuid.UUID
     tenant_id: uuid.UUID | None
     tenant_role: str | None
+    actor: audit.Actor | None = None  # as audit records name the caller (email, platform role)
 
 
 async def authenticate(request: Request, runtime: RuntimeDep) -> Claims:
@@ -78,7 +80,7 @@ async def authenticate(request: Request, runtime: RuntimeDep) -> Claims:
     except (KeyError, ValueError):
         raise invalid_token("token subject or tenant is not an id") from None
     role = claims.get("tenant_role")
-    return Claims(user_id, tenant_id, role if isinstance(role, str) else None)
+    return Claims(user_id, tenant_id, role if isinstance(role, str) else None, audit.actor_of(claims))
 
 
 Caller = Annotated[Claims, Depends(authenticate)]
@@ -90,7 +92,7 @@ async def member(caller: Caller) -> TenantMember:
             "Billing belongs to a tenant: switch into one first (POST /api/v1/auth/switch-tenant) "
             "and use the access token it returns."
         )
-    return TenantMember(caller.user_id, caller.tenant_id, caller.tenant_role or "member")
+    return TenantMember(caller.user_id, caller.tenant_id, caller.tenant_role or "member", caller.actor)
 
 
 Member = Annotated[TenantMember, Depends(member)]

@@ -12,3 +12,4 @@ UNKNOWN_PLAN = ProblemType(422, "unknown-plan", "No such plan")
 PLAN_NOT_PURCHASABLE = ProblemType(422, "plan-not-purchasable", "The plan cannot be bought")
 STRIPE_ERROR = ProblemType(502, "stripe-error", "Stripe refused the request")
 STRIPE_UNAVAILABLE = ProblemType(503, "stripe-unavailable", "Stripe cannot be reached")
+# The admin API (`/v1/admin/billing/…`): the caller's platform role (the token's `role`).

@@ -27,7 +27,7 @@ from prognetwork.billing.problems import (
 )
 from prognetwork.billing.state import SubscriptionRecord
 from prognetwork.billing.stripe_api import CheckoutSession, StripeApi
-from prognetwork.kit import events, tenancy
+from prognetwork.kit import audit, events, tenancy
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class TenantMember:
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     tenant_role: str
+    actor: audit.Actor | None = None  # as audit records name them; by user id when not given
+
+    def as_actor(self) -> audit.Actor:
+        return self.actor or audit.Actor(self.user_id, str(self.user_id))
 
 
 class Billing:
@@ -64,7 +68,13 @@ class Billing:
         return self.catalogue.entitlements(record.plan, record.status, record.seats)
 
     async def start_checkout(
-        self, db: AsyncSession, member: TenantMember, plan_name: str, request_id: str
+        self,
+        db: AsyncSession,
+        member: TenantMember,
+        plan_name: str,
+        request_id: str,
+        *,
+        origin: audit.Origin | None = None,
     ) -> CheckoutSession:
         """A Stripe Checkout page where the tenant subscribes to `plan_name`."""
         plan = self._purchasable(plan_name)
@@ -72,10 +82,16 @@ class Billing:
             await tenancy.scope(db, member.tenant_id)
             customer = await queries.customer_of(db, member.tenant_id)
             stored = await queries.subscription_of(db, member.tenant_id)
-        if stored is not None and stored[0].status in ENTITLED_STATUSES:
+        live = stored[0].plan if stored is not None and stored[0].status in ENTITLED_STATUSES else None
+        if live is None and customer is not None:
+            # Stripe, not our copy: a subscription paid a moment ago may not have reached us yet.
+            paying = [s for s in await self.stripe.subscriptions(customer) if s.status in ENTITLED_STATUSES]
+            plan_of_paying = self.catalogue.priced(paying[0].price_id) if paying else None
+            live = (plan_of_paying.name if plan_of_paying else "a plan") if paying else None
+        if live is not None:
             # A second subscription would bill the tenant twice; plans change in the portal.
             raise ALREADY_SUBSCRIBED(
-                f"This tenant already subscribes to {stored[0].plan}; change plans in the billing portal "
+                f"This tenant already subscribes to {live}; change plans in the billing portal "
                 "(POST /api/v1/billing/portal)."
             )
         if customer is None:
@@ -92,6 +108,16 @@ class Billing:
                 {"tenant_id": str(member.tenant_id), "plan": plan.name, "session_id": session.id},
                 user_id=member.user_id,
                 tenant_id=member.tenant_id,
+            )
+            await audit.record(
+                db,
+                "billing.checkout_started",
+                actor=member.as_actor(),
+                target_type="tenant",
+                target_id=str(member.tenant_id),
+                tenant_id=member.tenant_id,
+                origin=origin,
+                details={"plan": plan.name, "checkout_session_id": session.id, "customer_id": customer},
             )
         return session
 

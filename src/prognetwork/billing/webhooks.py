@@ -42,7 +42,7 @@ from prognetwork.billing.state import (
     record_of,
     subscription_payload,
 )
-from prognetwork.kit import events, tenancy
+from prognetwork.kit import audit, events, tenancy
 
 log = structlog.get_logger("prognetwork.billing.webhooks")
 TOLERANCE_SECONDS = 300
@@ -134,12 +134,14 @@ class Webhooks:
         self.stripe = billing.stripe
         self.catalogue = billing.catalogue
 
-    async def receive(self, db: AsyncSession, payload: bytes, signature: str | None) -> str:
+    async def receive(
+        self, db: AsyncSession, payload: bytes, signature: str | None, *, origin: audit.Origin | None = None
+    ) -> str:
         """Verify and handle one delivery; its outcome (processed, duplicate or ignored)."""
         # Read per delivery (the secrets cache expires), so a secret added for a rotation verifies.
         event = verify(payload, signature, self.settings.stripe_webhook_secrets())
         try:
-            outcome, payment_failed = await self._handle(db, event)
+            outcome, payment_failed = await self._handle(db, event, origin)
         except Exception:
             WEBHOOK_EVENTS.labels(event.label, "error").inc()
             raise
@@ -150,7 +152,9 @@ class Webhooks:
         log.info("stripe webhook", event_id=event.id, event_type=event.type, outcome=outcome)
         return outcome
 
-    async def _handle(self, db: AsyncSession, event: StripeEvent) -> tuple[str, bool]:
+    async def _handle(
+        self, db: AsyncSession, event: StripeEvent, origin: audit.Origin | None = None
+    ) -> tuple[str, bool]:
         # Cheap first look: a redelivery is answered without asking Stripe anything (even while
         # Stripe is down). The insert below is what decides, if two deliveries race.
         async with db.begin():
@@ -187,7 +191,7 @@ class Webhooks:
                 )
                 return "ignored", False
             if record is not None:
-                await self._apply(db, tenant_id, record, synced_at)
+                await self._apply(db, tenant_id, record, synced_at, event, origin)
             payment_failed = event.type == "invoice.payment_failed"
             if payment_failed or event.type == "invoice.paid":
                 await self._append_payment(db, tenant_id, event)
@@ -199,7 +203,13 @@ class Webhooks:
         return "ignored" if claimed else "duplicate"
 
     async def _apply(
-        self, db: AsyncSession, tenant_id: uuid.UUID, record: SubscriptionRecord, synced_at: datetime
+        self,
+        db: AsyncSession,
+        tenant_id: uuid.UUID,
+        record: SubscriptionRecord,
+        synced_at: datetime,
+        event: StripeEvent,
+        origin: audit.Origin | None = None,
     ) -> None:
         stored = await queries.subscription_of(db, tenant_id)
         previous = stored[0] if stored else None
@@ -212,6 +222,28 @@ class Webhooks:
         tenant = str(tenant_id)
         await events.append(
             db, "billing.subscription_changed", subscription_payload(tenant, record), tenant_id=tenant_id
+        )
+        # Stripe's doing (a checkout paid, a renewal failed, a plan changed in the portal), on the
+        # platform's behalf: the system acted; the event that told us is in the details.
+        await audit.record(
+            db,
+            "billing.subscription_changed",
+            actor=audit.SYSTEM,
+            target_type="tenant",
+            target_id=tenant,
+            tenant_id=tenant_id,
+            origin=origin,
+            details={
+                "plan": record.plan,
+                "status": record.status,
+                "seats": record.seats,
+                "cancel_at_period_end": record.cancel_at_period_end,
+                "previous_plan": previous.plan if previous else None,
+                "previous_status": previous.status if previous else None,
+                "stripe_subscription_id": record.stripe_subscription_id,
+                "stripe_event_id": event.id,
+                "stripe_event_type": event.type,
+            },
         )
         before, after = self.billing.entitlements_of(previous), self.billing.entitlements_of(record)
         if before != after:

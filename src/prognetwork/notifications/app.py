@@ -1,32 +1,25 @@
-"""The notification service's ASGI app: the email consumer, the delivery loop, the dev outbox."""
+"""The notification service's ASGI app: the email consumer, the delivery loop, the dev outbox and
+the admin API's view of the emails.
+
+The admin API verifies access tokens itself (the token issuer's keys, fetched from `JWKS_URL` and
+kept fresh, and the signed-out sessions in Redis). Readiness is PostgreSQL and Redis (the kit's
+checks), not the issuer's keys: the user service being down must not take the replicas that
+deliver email out of rotation, and a token whose key is not yet known triggers a fetch (kit.jwks).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-
 from fastapi import FastAPI
 
-from prognetwork.kit.app import Connections, Lifecycle, create_service_app
-from prognetwork.kit.db import Database
+from prognetwork.kit.app import Lifecycle, create_service_app
 from prognetwork.kit.events import Consumer
 from prognetwork.kit.secrets import MissingSecret
-from prognetwork.notifications import SPEC, api, service
+from prognetwork.notifications import SPEC, admin_api, api, service
 from prognetwork.notifications.email import SENDGRID_SECRET, EmailProvider, OutboxProvider, SendGridProvider
+from prognetwork.notifications.runtime import Runtime, runtime_factory
 from prognetwork.notifications.settings import NotificationSettings
 
 CONSUMER_NAME = "notifications.email"
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    settings: NotificationSettings
-    database: Database
-    provider: EmailProvider
-    # Set by the consumer after it commits new messages, so delivery starts without waiting a poll.
-    wake_delivery: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def choose_provider(settings: NotificationSettings) -> EmailProvider:
@@ -55,15 +48,19 @@ async def deliver(runtime: Runtime, lifecycle: Lifecycle) -> None:
     )
 
 
+async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    await runtime.jwks.keep_fresh(runtime.http, runtime.settings.jwks_refresh_seconds, lifecycle.stop)
+
+
 def create_app(settings: NotificationSettings | None = None) -> FastAPI:
     settings = settings or NotificationSettings()
     provider = choose_provider(settings)  # at start: a missing SendGrid key fails here, not at first email
 
-    @asynccontextmanager
-    async def open_runtime(
-        settings: NotificationSettings, connections: Connections
-    ) -> AsyncIterator[Runtime]:
-        yield Runtime(settings, connections.database, provider)
-
-    routers = [api.dev_router] if settings.is_development else []
-    return create_service_app(SPEC, settings, routers, runtime=open_runtime, background=[consume, deliver])
+    routers = [admin_api.router, *([api.dev_router] if settings.is_development else [])]
+    return create_service_app(
+        SPEC,
+        settings,
+        routers,
+        runtime=runtime_factory(provider),
+        background=[consume, deliver, keep_keys_fresh],
+    )

@@ -13,7 +13,12 @@ class EmailMessage(Base):
     """An email the service owes someone: one per triggering event, delivered with retries."""
 
     __tablename__ = "email_messages"
-    __table_args__ = (Index("ix_email_messages_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_email_messages_due", "status", "next_attempt_at"),
+        # The admin API lists emails newest first, all of them or one recipient's.
+        Index("ix_email_messages_created_at_id", "created_at", "id"),
+        Index("ix_email_messages_recipient_created_at", "recipient", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     # The event that asked for this email: unique, so a redelivered event adds nothing.

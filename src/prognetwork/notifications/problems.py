@@ -1,5 +1,4 @@
-"""The problems the notification service answers with, besides the kit's shared ones: none yet.
+"""The problems the notification service answers with, besides the kit's shared ones (kit.problems)."""
 
-Its one route (the development outbox) answers only with the kit's kinds. A kind of its own is
-declared here, as a `ProblemType`, and listed in the `responses` of every route that raises it.
-"""
+
+# The admin API (`/v1/admin/emails`): the caller's platform role (the token's `role`).

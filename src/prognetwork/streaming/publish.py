@@ -32,7 +32,7 @@ from prognetwork.streaming.visibility import Viewer
 
 TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
 USER_NAMESPACE = "app"
-RESERVED_NAMESPACES = frozenset({"user", "billing", "notification", "system"})
+RESERVED_NAMESPACES = frozenset({"user", "tenant", "billing", "notification", "system"})
 MAX_KEY_LENGTH = 200
 
 PUBLISHED = Counter("stream_events_published", "Publish requests by outcome.", ("outcome",))

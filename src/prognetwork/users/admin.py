@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit import db
+from prognetwork.kit import audit, db
 from prognetwork.kit.cache import create_redis
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.runtime import build_accounts
@@ -32,5 +32,5 @@ async def open_accounts(settings: UsersSettings) -> AsyncIterator[tuple[Accounts
 async def set_disabled(settings: UsersSettings, email: str, disabled: bool) -> str:
     """Disable (ending every session at once) or enable an account; returns its id."""
     async with open_accounts(settings) as (accounts, session):
-        user = await accounts.set_disabled(session, email, disabled)
+        user = await accounts.set_disabled(session, email, disabled, actor=audit.cli_actor())
         return str(user.id)

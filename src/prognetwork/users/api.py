@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from prognetwork.kit.audit import RequestOrigin, origin_of
 from prognetwork.kit.problems import AUTHENTICATED, problem_responses
 from prognetwork.kit.validation import Email, Secret, Text, TokenText
 from prognetwork.users import problems
@@ -144,7 +145,9 @@ async def verify_email(body: VerifyEmailIn, db: WriteSession, svc: Svc) -> UserO
 async def login(body: LoginIn, request: Request, db: WriteSession, svc: Svc, response: Response) -> LoginOut:
     client = request.client.host if request.client else "unknown"
     response.headers.update(NO_STORE)
-    tokens = await svc.login(db, body.email, body.password, client, body.device_token)
+    tokens = await svc.login(
+        db, body.email, body.password, client, body.device_token, origin=origin_of(request)
+    )
     return LoginOut(**TokensOut.of(tokens).model_dump(), device_token=tokens.device_token or "")
 
 
@@ -154,9 +157,11 @@ async def login(body: LoginIn, request: Request, db: WriteSession, svc: Svc, res
     tags=["auth"],
     responses=problem_responses(problems.INVALID_REFRESH_TOKEN, problems.REFRESH_TOKEN_REUSED),
 )
-async def refresh(body: RefreshIn, db: WriteSession, svc: Svc, response: Response) -> TokensOut:
+async def refresh(
+    body: RefreshIn, db: WriteSession, svc: Svc, response: Response, origin: RequestOrigin
+) -> TokensOut:
     response.headers.update(NO_STORE)
-    return TokensOut.of(await svc.refresh(db, body.refresh_token))
+    return TokensOut.of(await svc.refresh(db, body.refresh_token, origin=origin))
 
 
 @router.post(
@@ -167,16 +172,18 @@ async def refresh(body: RefreshIn, db: WriteSession, svc: Svc, response: Respons
         problems.INVALID_REFRESH_TOKEN, problems.REFRESH_TOKEN_REUSED, problems.TENANT_NOT_FOUND
     ),
 )
-async def switch_tenant(body: SwitchTenantIn, db: WriteSession, svc: Svc, response: Response) -> TokensOut:
+async def switch_tenant(
+    body: SwitchTenantIn, db: WriteSession, svc: Svc, response: Response, origin: RequestOrigin
+) -> TokensOut:
     """Like a refresh, but the new access token carries the tenant (`tid`) and the caller's role in
     it (`tenant_role`); later refreshes keep them while the caller is a member."""
     response.headers.update(NO_STORE)
-    return TokensOut.of(await svc.switch_tenant(db, body.refresh_token, body.tenant_id))
+    return TokensOut.of(await svc.switch_tenant(db, body.refresh_token, body.tenant_id, origin=origin))
 
 
 @router.post("/v1/auth/logout", status_code=204, tags=["auth"], responses=problem_responses())
-async def logout(body: RefreshIn, db: WriteSession, svc: Svc) -> Response:
-    await svc.logout(db, body.refresh_token)
+async def logout(body: RefreshIn, db: WriteSession, svc: Svc, origin: RequestOrigin) -> Response:
+    await svc.logout(db, body.refresh_token, origin=origin)
     return Response(status_code=204)
 
 
@@ -187,8 +194,10 @@ async def logout(body: RefreshIn, db: WriteSession, svc: Svc) -> Response:
     tags=["auth"],
     responses=problem_responses(),
 )
-async def password_reset(body: PasswordResetIn, db: WriteSession, svc: Svc) -> AcceptedOut:
-    await svc.request_password_reset(db, body.email)
+async def password_reset(
+    body: PasswordResetIn, db: WriteSession, svc: Svc, origin: RequestOrigin
+) -> AcceptedOut:
+    await svc.request_password_reset(db, body.email, origin=origin)
     return AcceptedOut(detail=RESET_ACCEPTED)
 
 
@@ -198,8 +207,10 @@ async def password_reset(body: PasswordResetIn, db: WriteSession, svc: Svc) -> A
     tags=["auth"],
     responses=problem_responses(problems.INVALID_RESET_LINK),
 )
-async def password_reset_confirm(body: PasswordResetConfirmIn, db: WriteSession, svc: Svc) -> Response:
-    await svc.reset_password(db, body.token, body.password)
+async def password_reset_confirm(
+    body: PasswordResetConfirmIn, db: WriteSession, svc: Svc, origin: RequestOrigin
+) -> Response:
+    await svc.reset_password(db, body.token, body.password, origin=origin)
     return Response(status_code=204)
 
 

@@ -1,5 +1,6 @@
-"""The user service's ASGI app: its routes, its runtime, the purge of expired registrations and the
-consumer of billing's events (a tenant's plan and seats, payment failures told to its owners)."""
+"""The user service's ASGI app: its routes, its runtime, the purge of expired registrations, the
+consumer of billing's events (a tenant's plan and seats, payment failures told to its owners) and
+the audit log's signed checkpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi import FastAPI
 from prognetwork.kit import retry
 from prognetwork.kit.app import Lifecycle, create_service_app
 from prognetwork.kit.events import Consumer
-from prognetwork.users import SPEC, api, tenant_api
+from prognetwork.users import SPEC, admin_api, api, audit_api, tenant_api
+from prognetwork.users.audit_log import sign_checkpoints
 from prognetwork.users.keys import KeyRing
 from prognetwork.users.runtime import Runtime, runtime_factory
 from prognetwork.users.settings import UsersSettings
@@ -54,7 +56,7 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
     return create_service_app(
         SPEC,
         settings,
-        [api.router, tenant_api.router],
+        [api.router, tenant_api.router, admin_api.router, audit_api.router],
         runtime=runtime_factory(keys),
-        background=[purge_unverified, consume_billing],
+        background=[purge_unverified, consume_billing, sign_checkpoints],
     )

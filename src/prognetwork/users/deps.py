@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from prognetwork.kit import audit
 from prognetwork.kit.app import ReadOnlySession, WriteSession
 from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.users.keys import InvalidToken
@@ -14,7 +15,7 @@ from prognetwork.users.runtime import Runtime
 from prognetwork.users.service import Accounts
 from prognetwork.users.tenants import Tenants
 
-__all__ = ["Caller", "CallerId", "ReadOnlySession", "Svc", "TenantSvc", "WriteSession"]
+__all__ = ["Acting", "Caller", "CallerId", "ReadOnlySession", "Svc", "TenantSvc", "WriteSession"]
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs two
@@ -60,3 +61,11 @@ async def caller_id(claims: Caller) -> uuid.UUID:
 
 
 CallerId = Annotated[uuid.UUID, Depends(caller_id)]
+
+
+async def acting(claims: Caller) -> audit.Actor:
+    """The signed-in caller as the actor of the audit records its request writes."""
+    return audit.actor_of(claims)
+
+
+Acting = Annotated[audit.Actor, Depends(acting)]

@@ -126,6 +126,14 @@ class KeyRing:
         key = self._by_kid.get(kid)
         return key.public if key else None
 
+    def signing_key(self) -> SigningKey:
+        """The key that signs now (the first in the secret); it also signs audit checkpoints."""
+        return self._current()[0]
+
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """Every published key by id: what verifies tokens and audit checkpoints."""
+        return {key.kid: key.public for key in self._current()}
+
     def verify(self, token: str) -> dict[str, Any]:
         self._current()  # picks up a rotated secret
         return tokens.verify(token, self.public_key, self.settings.jwt_issuer, self.settings.jwt_audience)

@@ -28,3 +28,9 @@ ALREADY_MEMBER = ProblemType(409, "already-a-member", "Already a member of this 
 LAST_OWNER = ProblemType(409, "last-owner", "A tenant keeps at least one owner")
 SEAT_LIMIT_REACHED = ProblemType(409, "seat-limit-reached", "Every seat of the tenant's plan is taken")
 TOO_MANY_INVITATIONS = ProblemType(429, "too-many-invitations", "Too many invitations to this address")
+
+# The platform admin API (`/v1/admin/…`): the caller's platform role (the token's `role`), not a
+# tenant role.
+LAST_ADMIN = ProblemType(409, "last-admin", "The platform keeps at least one enabled admin")
+ALREADY_VERIFIED = ProblemType(409, "already-verified", "The account's address is already verified")
+TOO_MANY_EMAILS = ProblemType(429, "too-many-emails", "Too many emails to this address")

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit import events, tenancy
+from prognetwork.kit import audit, events, tenancy, tokens
 from prognetwork.kit.db import ReadSession
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import Revocations
@@ -224,7 +224,14 @@ class Accounts:
     # -- login and sessions -----------------------------------------------------------------
 
     async def login(
-        self, db: AsyncSession, email: str, password: str, client: str, device_token: str | None = None
+        self,
+        db: AsyncSession,
+        email: str,
+        password: str,
+        client: str,
+        device_token: str | None = None,
+        *,
+        origin: audit.Origin | None = None,
     ) -> Tokens:
         """Check a password under the lockout policy (README, "Sign-in protection").
 
@@ -232,8 +239,13 @@ class Accounts:
         so a stranger elsewhere cannot lock the owner out; failures from all unknown devices
         together have a higher account-wide limit, which a known device (one that logged in
         before) and a completed password reset get past.
+
+        Every sign-in and every refused one that got as far as a password check is audited;
+        refusals by the throttle are not (they are counted in `user_logins`), or cheap refused
+        requests would become writes.
         """
         s = self.settings
+        origin = origin or audit.Origin(client_ip=client)
         by_address = await self.throttle.hit(f"throttle:login:addr:{client}", s.login_address_window_seconds)
         if by_address.count > s.login_attempts_per_address:
             LOGINS.labels("throttled").inc()
@@ -270,6 +282,7 @@ class Accounts:
         verified = await passwords.verify_password(user.password_hash if user else None, password)
         if user is None or not verified:
             LOGINS.labels("invalid_credentials").inc()
+            await self._login_refused(db, email, user, "invalid_credentials", origin, proven=False)
             raise INVALID_CREDENTIALS("The email or password is incorrect.")
         # The owner proved the password from here: this address's (or device's) count starts over.
         # The account-wide count only gets this attempt back, or a success would hand a
@@ -278,11 +291,13 @@ class Accounts:
         await self.throttle.undo(*counted[1:])
         if user.email_verified_at is None:
             LOGINS.labels("unverified").inc()
+            await self._login_refused(db, email, user, "email_not_verified", origin)
             raise EMAIL_NOT_VERIFIED(
                 "Verify your email address before logging in; the link is in your inbox."
             )
         if user.disabled_at is not None:
             LOGINS.labels("disabled").inc()
+            await self._login_refused(db, email, user, "account_disabled", origin)
             raise ACCOUNT_DISABLED("This account has been disabled; contact support.")
         rehashed = (
             await passwords.hash_password(password) if passwords.needs_rehash(user.password_hash) else None
@@ -293,6 +308,7 @@ class Accounts:
             # what it proved may no longer hold, so the session just started ends too.
             await self.store.end(family, user.id, refresh_token)
             LOGINS.labels("invalid_credentials").inc()
+            await self._login_refused(db, email, user, "sessions_ended_meanwhile", origin)
             raise INVALID_CREDENTIALS("The email or password is incorrect.")
         device = await self.store.issue_device(user.id, s.device_token_ttl_seconds, replacing=known_device)
         async with db.begin():
@@ -301,11 +317,47 @@ class Accounts:
             await events.append(
                 db, "user.logged_in", {"user_id": str(user.id), "session_id": family}, user_id=user.id
             )
+            await audit.record(
+                db,
+                "auth.login",
+                actor=_actor(user),
+                target_type="user",
+                target_id=str(user.id),
+                origin=origin,
+                details={"session_id": family, "known_device": known_device is not None},
+            )
         LOGINS.labels("success").inc()
         return self._tokens(user, family, refresh_token, device)
 
-    async def refresh(self, db: AsyncSession, refresh_token: str) -> Tokens:
-        rotation = await self._rotate(db, refresh_token)
+    async def _login_refused(
+        self,
+        db: AsyncSession,
+        email: str,
+        user: User | None,
+        reason: str,
+        origin: audit.Origin,
+        *,
+        proven: bool = True,
+    ) -> None:
+        """Audit a refused sign-in in a transaction of its own: the request fails, the record stays.
+        The address tried is kept (never the password); the actor is the account's owner only if
+        the password was right (`proven`)."""
+        async with db.begin():
+            await audit.record(
+                db,
+                "auth.login_failed",
+                actor=_actor(user) if user is not None and proven else audit.ANONYMOUS,
+                target_type="user",
+                target_id=str(user.id) if user is not None else None,
+                origin=origin,
+                details={"email": email, "reason": reason},
+                outcome="failure",
+            )
+
+    async def refresh(
+        self, db: AsyncSession, refresh_token: str, *, origin: audit.Origin | None = None
+    ) -> Tokens:
+        rotation = await self._rotate(db, refresh_token, origin)
         async with db.begin():
             user = await self._active_user(db, rotation.user_id)
             tenant_id = await self.store.tenant_of(rotation.family)
@@ -314,9 +366,18 @@ class Accounts:
             # No longer a member: this session leaves the tenant, and its tokens say so.
             await self.store.set_tenant(rotation.family, None)
         tenant = (tenant_id, role) if tenant_id and role else None
+        if tenant is not None:
+            await self._note_tenant_token(rotation.family, user.id, tenant[0])
         return self._tokens(user, rotation.family, rotation.refresh_token, tenant=tenant)
 
-    async def switch_tenant(self, db: AsyncSession, refresh_token: str, tenant_id: uuid.UUID) -> Tokens:
+    async def switch_tenant(
+        self,
+        db: AsyncSession,
+        refresh_token: str,
+        tenant_id: uuid.UUID,
+        *,
+        origin: audit.Origin | None = None,
+    ) -> Tokens:
         """Rotate the session's refresh token into a pair whose access token carries the tenant."""
         session = await self.store.session_of(refresh_token)
         if session is None:
@@ -328,7 +389,7 @@ class Accounts:
             role = await self._tenant_role(db, tenant_id, session[1])
         if role is None and await self.store.is_live(refresh_token):
             raise _no_such_tenant()
-        rotation = await self._rotate(db, refresh_token)
+        rotation = await self._rotate(db, refresh_token, origin)
         await self.store.set_tenant(rotation.family, tenant_id)
         async with db.begin():
             user = await self._active_user(db, rotation.user_id)
@@ -352,9 +413,12 @@ class Accounts:
             # Removed while switching: the session was on its way in, so it ends as theirs do.
             await self.end_sessions(user.id, [rotation.family])
             raise _no_such_tenant()
+        await self._note_tenant_token(rotation.family, user.id, tenant_id)
         return self._tokens(user, rotation.family, rotation.refresh_token, tenant=(tenant_id, role))
 
-    async def _rotate(self, db: AsyncSession, refresh_token: str) -> Rotated:
+    async def _rotate(
+        self, db: AsyncSession, refresh_token: str, origin: audit.Origin | None = None
+    ) -> Rotated:
         """Spend a refresh token for the next of its family; a spent one ends the whole family."""
         rotation = await self.store.rotate(refresh_token)
         REFRESHES.labels(rotation.outcome.value).inc()
@@ -372,6 +436,16 @@ class Accounts:
                     },
                     user_id=rotation.user_id,
                 )
+                # The platform revoked it; the origin is whoever replayed the spent token.
+                await audit.record(
+                    db,
+                    "auth.session_revoked",
+                    actor=audit.SYSTEM,
+                    target_type="user",
+                    target_id=str(rotation.user_id),
+                    origin=origin,
+                    details={"session_id": rotation.family, "reason": "refresh_token_reuse"},
+                )
             log.warning("refresh token reuse; session revoked", user_id=str(rotation.user_id))
             raise REFRESH_TOKEN_REUSED(
                 "This refresh token was already used; the session has been revoked. Log in again."
@@ -386,12 +460,18 @@ class Accounts:
             raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
         return user
 
+    async def _note_tenant_token(self, family: str, user_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+        ttl = self.settings.access_token_ttl_seconds + tokens.LEEWAY_SECONDS
+        await self.store.note_tenant_token(family, user_id, tenant_id, ttl)
+
     async def _tenant_role(self, db: AsyncSession, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
         """The user's role in the tenant, None if not a member. Scopes the caller's transaction."""
         await tenancy.scope(db, tenant_id, user_id)
         return await tenant_queries.role_of(db, tenant_id, user_id)
 
-    async def logout(self, db: AsyncSession, refresh_token: str) -> None:
+    async def logout(
+        self, db: AsyncSession, refresh_token: str, *, origin: audit.Origin | None = None
+    ) -> None:
         session = await self.store.session_of(refresh_token)
         if session is None:
             return  # logging out twice is not an error
@@ -403,6 +483,16 @@ class Accounts:
             await events.append(
                 db, "user.logged_out", {"user_id": str(user_id), "session_id": family}, user_id=user_id
             )
+            user = await queries.user_by_id(db, user_id)
+            await audit.record(
+                db,
+                "auth.logout",
+                actor=_actor(user) if user is not None else audit.Actor(user_id, str(user_id)),
+                target_type="user",
+                target_id=str(user_id),
+                origin=origin,
+                details={"session_id": family},
+            )
 
     async def end_sessions(self, user_id: uuid.UUID, families: list[str]) -> None:
         """End these sessions of a user: access tokens first, then the refresh tokens."""
@@ -411,8 +501,12 @@ class Accounts:
             await self.store.end_families(user_id, families)
 
     async def end_tenant_sessions(self, user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[str]:
-        """End the user's sessions switched into this tenant (their member was removed)."""
-        families = await self.store.families_in_tenant(user_id, tenant_id)
+        """End the user's sessions switched into this tenant, and those switched elsewhere since
+        that still hold an unexpired token for it (their member was removed or demoted)."""
+        ttl = self.settings.access_token_ttl_seconds + tokens.LEEWAY_SECONDS
+        switched = await self.store.families_in_tenant(user_id, tenant_id)
+        holding = await self.store.families_holding(user_id, tenant_id, ttl)
+        families = sorted(set(switched) | set(holding))
         await self.end_sessions(user_id, families)
         return families
 
@@ -434,7 +528,9 @@ class Accounts:
 
     # -- password reset and account state ---------------------------------------------------
 
-    async def request_password_reset(self, db: AsyncSession, email: str) -> None:
+    async def request_password_reset(
+        self, db: AsyncSession, email: str, *, origin: audit.Origin | None = None
+    ) -> None:
         """Email a reset link to a verified account; the same work and answer for any address."""
         email = email.lower()
         if not await self._may_mail(email):
@@ -463,9 +559,20 @@ class Accounts:
                 user_id=user.id if user is not None else None,
                 private=True,
             )
+            await audit.record(
+                db,
+                "auth.password_reset_requested",
+                actor=audit.ANONYMOUS,
+                target_type="user",
+                target_id=str(user.id) if user is not None else None,
+                origin=origin,
+                details={"email": email, "link_sent": owner != DECOY_USER},
+            )
         PASSWORD_RESETS.labels("requested").inc()
 
-    async def reset_password(self, db: AsyncSession, token: str, password: str) -> None:
+    async def reset_password(
+        self, db: AsyncSession, token: str, password: str, *, origin: audit.Origin | None = None
+    ) -> None:
         password_hash = await passwords.hash_password(password)
         async with self.store.one_time(RESET_PURPOSE, token) as user_id, db.begin():
             user = await queries.user_by_id(db, user_id, for_update=True) if user_id else None
@@ -480,6 +587,16 @@ class Accounts:
                 {"user_id": str(user.id), "sessions_ended": len(ended)},
                 user_id=user.id,
             )
+            # By whoever holds the link: the address's owner, as far as anyone can tell.
+            await audit.record(
+                db,
+                "auth.password_reset",
+                actor=_actor(user),
+                target_type="user",
+                target_id=str(user.id),
+                origin=origin,
+                details={"sessions_ended": len(ended)},
+            )
         # Again once the new password is visible: a login that read the old one before the commit
         # may have started its session after the first round; this ends it (see `login`'s epoch).
         await self.end_all_sessions(user.id)
@@ -488,7 +605,16 @@ class Accounts:
         PASSWORD_RESETS.labels("completed").inc()
         log.info("password reset", user_id=str(user.id), sessions_ended=len(ended))
 
-    async def set_disabled(self, db: AsyncSession, email: str, disabled: bool) -> User:
+    async def set_disabled(
+        self,
+        db: AsyncSession,
+        email: str,
+        disabled: bool,
+        *,
+        actor: audit.Actor = audit.SYSTEM,
+        origin: audit.Origin | None = None,
+    ) -> User:
+        """Disable (ending every session at once) or enable an account; audited when it changes."""
         async with db.begin():
             user = await queries.user_by_email(db, email, for_update=True)
             if user is None:
@@ -502,9 +628,27 @@ class Accounts:
                     {"user_id": str(user.id), "sessions_ended": len(ended)},
                     user_id=user.id,
                 )
+                await audit.record(
+                    db,
+                    "user.disabled",
+                    actor=actor,
+                    target_type="user",
+                    target_id=str(user.id),
+                    origin=origin,
+                    details={"email": user.email, "sessions_ended": len(ended)},
+                )
             elif not disabled and user.disabled_at is not None:
                 user.disabled_at = None
                 await events.append(db, "user.enabled", {"user_id": str(user.id)}, user_id=user.id)
+                await audit.record(
+                    db,
+                    "user.enabled",
+                    actor=actor,
+                    target_type="user",
+                    target_id=str(user.id),
+                    origin=origin,
+                    details={"email": user.email},
+                )
         if disabled:
             # Again once `disabled_at` is visible: a login that read the account before the commit
             # may have started its session after the first round (see `login`'s epoch).
@@ -532,6 +676,11 @@ class Accounts:
         if tenant is not None:
             claims["tid"], claims["tenant_role"] = str(tenant[0]), tenant[1]
         return Tokens(self.keys.sign(claims, ttl), refresh_token, ttl, device_token=device_token)
+
+
+def _actor(user: User) -> audit.Actor:
+    """A user as the actor of an audit record."""
+    return audit.Actor(user.id, user.email, user.role)
 
 
 def account_key(email: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,12 @@ def _family_key(family: str) -> str:
 
 def _family_tenant_key(family: str) -> str:
     return f"auth:family-tenant:{family}"
+
+
+def _tenant_holders_key(tenant_id: uuid.UUID, user_id: uuid.UUID) -> str:
+    # The user's sessions given an access token for this tenant (scored by when): a session
+    # switched on to another tenant still holds its earlier token until that token expires.
+    return f"auth:tenant-holders:{tenant_id}:{user_id}"
 
 
 def _epoch_key(user_id: uuid.UUID) -> str:
@@ -215,6 +222,26 @@ class SessionStore:
         value = await self.redis.get(_family_tenant_key(family))
         return uuid.UUID(value) if value else None
 
+    async def note_tenant_token(
+        self, family: str, user_id: uuid.UUID, tenant_id: uuid.UUID, token_ttl_seconds: int
+    ) -> None:
+        """Record that this session was just given an access token carrying this tenant."""
+        key = _tenant_holders_key(tenant_id, user_id)
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {family: now})
+            pipe.zremrangebyscore(key, "-inf", now - token_ttl_seconds)
+            pipe.expire(key, token_ttl_seconds)
+            await pipe.execute()
+
+    async def families_holding(
+        self, user_id: uuid.UUID, tenant_id: uuid.UUID, token_ttl_seconds: int
+    ) -> list[str]:
+        """The user's sessions that may still hold an unexpired access token for this tenant."""
+        since = time.time() - token_ttl_seconds
+        found = await self.redis.zrangebyscore(_tenant_holders_key(tenant_id, user_id), since, "+inf")
+        return sorted(str(family) for family in found)
+
     async def families_in_tenant(self, user_id: uuid.UUID, tenant_id: uuid.UUID) -> list[str]:
         """The user's live sessions switched into this tenant."""
         families = sorted(await self.redis.smembers(_user_families_key(user_id)))
@@ -308,3 +335,17 @@ class SessionStore:
     async def device_owner(self, token: str) -> uuid.UUID | None:
         value = await self.redis.get(_device_key(digest(token)))
         return uuid.UUID(value) if value else None
+
+    async def live_sessions(self, user_id: uuid.UUID) -> list[tuple[str, uuid.UUID | None]]:
+        """The user's sessions that can still refresh, each with the tenant it is switched into."""
+        families = sorted(await self.redis.smembers(_user_families_key(user_id)))
+        if not families:
+            return []
+        # The index outlives families that expired on their own: only those whose key exists count.
+        alive = await self.redis.mget([_family_key(f) for f in families])
+        tenants = await self.redis.mget([_family_tenant_key(f) for f in families])
+        return [
+            (family, uuid.UUID(str(tenant)) if tenant else None)
+            for family, owner, tenant in zip(families, alive, tenants, strict=True)
+            if owner is not None
+        ]

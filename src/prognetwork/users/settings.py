@@ -36,5 +36,11 @@ class UsersSettings(Settings):
     # The member limit of a tenant billing never told us about (the free plan's).
     free_plan_seats: int = Field(3, alias="FREE_PLAN_SEATS", ge=1)
 
+    # The audit log (kit/audit.py): a signed checkpoint once this many records, or this many seconds
+    # with new records, have gone by since the last; `prog audit purge` keeps this many days.
+    audit_checkpoint_records: int = Field(1000, alias="AUDIT_CHECKPOINT_RECORDS", ge=1)
+    audit_checkpoint_seconds: float = Field(300.0, alias="AUDIT_CHECKPOINT_SECONDS", gt=0)
+    audit_retention_days: int | None = Field(None, alias="AUDIT_RETENTION_DAYS", ge=1)
+
     def own_problems(self) -> list[str]:
         return https_problems("APP_URL", self.app_url)

@@ -15,11 +15,12 @@ from datetime import datetime
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, field_validator
 
+from prognetwork.kit.audit import RequestOrigin
 from prognetwork.kit.problems import AUTHENTICATED, problem_responses
 from prognetwork.kit.validation import Email, Text, TokenText
 from prognetwork.users import problems
 from prognetwork.users.api import Strict
-from prognetwork.users.deps import CallerId, TenantSvc, WriteSession
+from prognetwork.users.deps import Acting, CallerId, TenantSvc, WriteSession
 from prognetwork.users.models import TenantRole
 from prognetwork.users.tenants import Invitation, Member
 
@@ -111,8 +112,11 @@ class AcceptedOut(BaseModel):
     response_model=TenantOut,
     responses=problem_responses(*AUTHENTICATED, problems.UNKNOWN_USER),
 )
-async def create_tenant(body: TenantIn, caller: CallerId, db: WriteSession, svc: TenantSvc) -> TenantOut:
-    return TenantOut.model_validate(await svc.create(db, caller, body.name), from_attributes=True)
+async def create_tenant(
+    body: TenantIn, caller: CallerId, db: WriteSession, svc: TenantSvc, actor: Acting, origin: RequestOrigin
+) -> TenantOut:
+    created = await svc.create(db, caller, body.name, actor=actor, origin=origin)
+    return TenantOut.model_validate(created, from_attributes=True)
 
 
 @router.get("/v1/tenants", response_model=list[TenantOut], responses=problem_responses(*AUTHENTICATED))
@@ -144,9 +148,17 @@ async def list_members(
     responses=problem_responses(*MANAGING, problems.MEMBER_NOT_FOUND, problems.LAST_OWNER),
 )
 async def change_role(
-    tenant_id: uuid.UUID, user_id: uuid.UUID, body: RoleIn, caller: CallerId, db: WriteSession, svc: TenantSvc
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    body: RoleIn,
+    caller: CallerId,
+    db: WriteSession,
+    svc: TenantSvc,
+    actor: Acting,
+    origin: RequestOrigin,
 ) -> MemberOut:
-    return MemberOut.of(await svc.change_role(db, caller, tenant_id, user_id, body.role))
+    changed = await svc.change_role(db, caller, tenant_id, user_id, body.role, actor=actor, origin=origin)
+    return MemberOut.of(changed)
 
 
 @router.delete(
@@ -155,9 +167,15 @@ async def change_role(
     responses=problem_responses(*MANAGING, problems.MEMBER_NOT_FOUND, problems.LAST_OWNER),
 )
 async def remove_member(
-    tenant_id: uuid.UUID, user_id: uuid.UUID, caller: CallerId, db: WriteSession, svc: TenantSvc
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    caller: CallerId,
+    db: WriteSession,
+    svc: TenantSvc,
+    actor: Acting,
+    origin: RequestOrigin,
 ) -> Response:
-    await svc.remove(db, caller, tenant_id, user_id)
+    await svc.remove(db, caller, tenant_id, user_id, actor=actor, origin=origin)
     return Response(status_code=204)
 
 
@@ -168,9 +186,16 @@ async def remove_member(
     responses=problem_responses(*MANAGING, problems.ALREADY_MEMBER, problems.TOO_MANY_INVITATIONS),
 )
 async def invite(
-    tenant_id: uuid.UUID, body: InvitationIn, caller: CallerId, db: WriteSession, svc: TenantSvc
+    tenant_id: uuid.UUID,
+    body: InvitationIn,
+    caller: CallerId,
+    db: WriteSession,
+    svc: TenantSvc,
+    actor: Acting,
+    origin: RequestOrigin,
 ) -> InvitationOut:
-    return InvitationOut.of(await svc.invite(db, caller, tenant_id, body.email, body.role))
+    invited = await svc.invite(db, caller, tenant_id, body.email, body.role, actor=actor, origin=origin)
+    return InvitationOut.of(invited)
 
 
 @router.get(
@@ -191,6 +216,7 @@ async def pending_invitations(
     responses=problem_responses(*AUTHENTICATED, problems.INVITATION_NOT_FOUND, problems.SEAT_LIMIT_REACHED),
 )
 async def accept_invitation(
-    body: AcceptIn, caller: CallerId, db: WriteSession, svc: TenantSvc
+    body: AcceptIn, caller: CallerId, db: WriteSession, svc: TenantSvc, actor: Acting, origin: RequestOrigin
 ) -> AcceptedOut:
-    return AcceptedOut.model_validate(await svc.accept(db, caller, body.token), from_attributes=True)
+    accepted = await svc.accept(db, caller, body.token, actor=actor, origin=origin)
+    return AcceptedOut.model_validate(accepted, from_attributes=True)

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from prognetwork.kit import events, tenancy
+from prognetwork.kit import audit, events, tenancy
 from prognetwork.kit.events import Event
 from prognetwork.kit.problems import Problem
 from prognetwork.users import queries
@@ -154,7 +154,15 @@ class Tenants:
 
     # -- tenants ------------------------------------------------------------------------------------
 
-    async def create(self, db: AsyncSession, caller: uuid.UUID, name: str) -> TenantSummary:
+    async def create(
+        self,
+        db: AsyncSession,
+        caller: uuid.UUID,
+        name: str,
+        *,
+        actor: audit.Actor | None = None,
+        origin: audit.Origin | None = None,
+    ) -> TenantSummary:
         tenant_id = uuid.uuid4()
         base = slugify(name)
         async with _scoped(db, tenant_id, caller):
@@ -176,6 +184,16 @@ class Tenants:
                 {"tenant_id": str(tenant_id), "name": name, "slug": slug, "created_by": str(caller)},
                 user_id=caller,
                 tenant_id=tenant_id,
+            )
+            await audit.record(
+                db,
+                "tenant.created",
+                actor=_actor(caller, actor),
+                target_type="tenant",
+                target_id=str(tenant_id),
+                tenant_id=tenant_id,
+                origin=origin,
+                details={"name": name, "slug": slug},
             )
         log.info("tenant created", tenant_id=str(tenant_id))
         return TenantSummary(tenant_id, name, slug, "owner")
@@ -211,7 +229,15 @@ class Tenants:
     # -- invitations --------------------------------------------------------------------------------
 
     async def invite(
-        self, db: AsyncSession, caller: uuid.UUID, tenant_id: uuid.UUID, email: str, role: str
+        self,
+        db: AsyncSession,
+        caller: uuid.UUID,
+        tenant_id: uuid.UUID,
+        email: str,
+        role: str,
+        *,
+        actor: audit.Actor | None = None,
+        origin: audit.Origin | None = None,
     ) -> Invitation:
         """Invite an address (again: the pending invitation gets a new token, role and expiry)."""
         email = email.lower()
@@ -261,6 +287,16 @@ class Tenants:
                 tenant_id=tenant_id,
                 private=True,
             )
+            await audit.record(  # never the token: whoever holds it joins
+                db,
+                "tenant.member_invited",
+                actor=_actor(caller, actor),
+                target_type="invitation",
+                target_id=str(invitation_id),
+                tenant_id=tenant_id,
+                origin=origin,
+                details={"email": email, "role": role},
+            )
         return Invitation(invitation_id, email, role, expires_at, created_at, caller)
 
     async def invitations(
@@ -272,7 +308,15 @@ class Tenants:
             rows = await q.pending_invitations(db, tenant_id, datetime.now(UTC))
         return [Invitation.of(r) for r in rows]
 
-    async def accept(self, db: AsyncSession, caller: uuid.UUID, token: str) -> Accepted:
+    async def accept(
+        self,
+        db: AsyncSession,
+        caller: uuid.UUID,
+        token: str,
+        *,
+        actor: audit.Actor | None = None,
+        origin: audit.Origin | None = None,
+    ) -> Accepted:
         """Join the tenant an invitation names, as the user whose verified address it was sent to."""
         not_found = INVITATION_NOT_FOUND("This invitation is invalid, has expired or was already used.")
         # Claimed for the block; given back if it raises (someone else's token, no seat left), so
@@ -296,6 +340,7 @@ class Tenants:
                     or user is None
                     or user.email_verified_at is None
                     or user.email != invitation.email
+                    or not await self._inviter_still_may(db, tenant_id, invitation)
                 ):
                     raise not_found
                 await q.mark_accepted(db, invitation.id, now)
@@ -326,13 +371,35 @@ class Tenants:
                     user_id=caller,
                     tenant_id=tenant_id,
                 )
+                await audit.record(
+                    db,
+                    "tenant.member_joined",
+                    actor=_actor(caller, actor),
+                    target_type="user",
+                    target_id=str(caller),
+                    tenant_id=tenant_id,
+                    origin=origin,
+                    details={
+                        "role": invitation.role,
+                        "invitation_id": str(invitation.id),
+                        "invited_by": str(invitation.invited_by) if invitation.invited_by else None,
+                    },
+                )
         log.info("tenant member joined", tenant_id=str(tenant_id), user_id=str(caller))
         return Accepted(tenant_id, invitation.role)
 
     # -- members ------------------------------------------------------------------------------------
 
     async def change_role(
-        self, db: AsyncSession, caller: uuid.UUID, tenant_id: uuid.UUID, user_id: uuid.UUID, role: str
+        self,
+        db: AsyncSession,
+        caller: uuid.UUID,
+        tenant_id: uuid.UUID,
+        user_id: uuid.UUID,
+        role: str,
+        *,
+        actor: audit.Actor | None = None,
+        origin: audit.Origin | None = None,
     ) -> Member:
         async with _scoped(db, tenant_id, caller):
             mine = await self._authorize(db, tenant_id, caller, "admin", "Changing roles", lock=True)
@@ -359,12 +426,32 @@ class Tenants:
                 user_id=user_id,
                 tenant_id=tenant_id,
             )
-        # Tokens switched into the tenant show the new role from their next refresh (at most one
-        # access-token lifetime); this service reads roles from the table, so it applies at once.
+            await audit.record(
+                db,
+                "tenant.member_role_changed",
+                actor=_actor(caller, actor),
+                target_type="user",
+                target_id=str(user_id),
+                tenant_id=tenant_id,
+                origin=origin,
+                details={"role": role, "previous_role": target.role},
+            )
+        if not outranks(role, target.role):
+            # A demotion must not leave the old role in tokens for their remaining lifetime (billing
+            # trusts `tenant_role`): the member's sessions in this tenant end; a promotion shows at the
+            # next refresh.
+            await self.accounts.end_tenant_sessions(user_id, tenant_id)
         return Member(target.user_id, target.email, target.name, role, target.joined_at)
 
     async def remove(
-        self, db: AsyncSession, caller: uuid.UUID, tenant_id: uuid.UUID, user_id: uuid.UUID
+        self,
+        db: AsyncSession,
+        caller: uuid.UUID,
+        tenant_id: uuid.UUID,
+        user_id: uuid.UUID,
+        *,
+        actor: audit.Actor | None = None,
+        origin: audit.Origin | None = None,
     ) -> None:
         """Remove a member (an owner or admin), or leave (any member, for themselves)."""
         leaving = user_id == caller
@@ -397,6 +484,16 @@ class Tenants:
                 user_id=user_id,
                 tenant_id=tenant_id,
             )
+            await audit.record(
+                db,
+                "tenant.member_left" if leaving else "tenant.member_removed",
+                actor=_actor(caller, actor),
+                target_type="user",
+                target_id=str(user_id),
+                tenant_id=tenant_id,
+                origin=origin,
+                details={"role": target.role, "sessions_ended": 0 if leaving else len(sessions)},
+            )
         # Again once the removal is visible: a switch-tenant that read the membership before the
         # commit may have put a session in after the first round.
         await self._sessions_out(user_id, tenant_id, leaving)
@@ -405,6 +502,16 @@ class Tenants:
         if leaving:
             return await self.accounts.leave_tenant_sessions(user_id, tenant_id)
         return await self.accounts.end_tenant_sessions(user_id, tenant_id)
+
+    async def _inviter_still_may(
+        self, db: AsyncSession, tenant_id: uuid.UUID, invitation: TenantInvitation
+    ) -> bool:
+        """An invitation carries its inviter's authority only while they hold it: one from a member
+        since removed or demoted (below admin, or below owner for an owner's seat) is void."""
+        if invitation.invited_by is None:
+            return False
+        role = await q.role_of(db, tenant_id, invitation.invited_by)
+        return role is not None and outranks(role, "admin") and outranks(role, invitation.role)
 
     # -- what billing says --------------------------------------------------------------------------
 
@@ -507,6 +614,11 @@ class Tenants:
 
     def _seats(self, seats: int | None) -> int:
         return seats if seats is not None else self.settings.free_plan_seats
+
+
+def _actor(caller: uuid.UUID, actor: audit.Actor | None) -> audit.Actor:
+    """Who acted: as the route described them, or at least by their user id."""
+    return actor if actor is not None else audit.Actor(caller, str(caller))
 
 
 def _no_such_member() -> Problem:
