@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,9 +88,35 @@ class Services:
                 process.kill()
 
 
-def wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -> dict[str, float]:
-    """requests/s and latency percentiles (ms) from one wrk run."""
+@contextmanager
+def pinned(cpus: Iterable[int] | None) -> Iterator[None]:
+    """Processes started inside run on `cpus` only (children inherit the affinity); None: anywhere."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(servers' CPUs, load generator's CPUs) on a machine with two or more, else None."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def wrk(url: str, seconds: int, connections: int, headers: dict[str, str],
+        cpus: Iterable[int] | None = None) -> dict[str, float]:
+    """requests/s and latency percentiles (ms) from one wrk run (on `cpus` if given)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if cpus is not None:
+        args = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *args]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout

@@ -24,9 +24,11 @@ from prognetwork.kit import local, migrations
 from prognetwork.kit.logging import configure as configure_logging
 from prognetwork.kit.settings import Settings
 from prognetwork.users.keys import generate_pem
+from tests.helpers.billing import running_billing
 from tests.helpers.databases import create_database, drop_database, redis_url_for, with_database
 from tests.helpers.ports import accepts_connections
-from tests.helpers.threads import in_thread
+from tests.helpers.threads import ThreadServer, in_thread
+from tests.helpers.tokens import jwks_app
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -91,6 +93,21 @@ def redis_url(servers: Servers) -> str:
 @pytest.fixture(scope="session")
 def signing_key() -> str:
     return generate_pem()
+
+
+@pytest.fixture(scope="session")
+def jwks_server(signing_key):
+    """The token issuer's public keys over HTTP, for services that verify tokens (JWKS_URL)."""
+    server = ThreadServer(jwks_app(signing_key))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def billing(database_url, redis_url, jwks_server, tmp_path_factory):
+    """A billing service process on the Stripe fake (tests/helpers/billing.py)."""
+    with running_billing(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("billing")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -116,6 +116,27 @@ def test_a_kept_alive_connection_is_refused_only_at_the_oversized_request(gatewa
     assert second[0] == 431 and second[1]["content-type"] == "application/problem+json"
 
 
+def test_an_answer_sent_before_the_request_body_arrived_survives_the_rest_of_the_body(gateway):
+    """A 413 for a declared length goes out at once; the client, still sending, must get to read
+    it: the server ends its side and drains the body instead of resetting the connection."""
+    declared = 4 << 20
+    head = (f"POST /api/v1/auth/register HTTP/1.1\r\nHost: edge.test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\nConnection: close\r\n\r\n").encode()
+    chunk = b"x" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as conn:
+        conn.sendall(head + chunk)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += conn.recv(65536)
+        assert received.startswith(b"HTTP/1.1 413 ")
+        for _ in range(declared // len(chunk) - 1):
+            conn.sendall(chunk)  # no reset: what still comes is read and dropped
+        while data := conn.recv(65536):
+            received += data
+    ((status, headers, body),) = responses(received)
+    assert status == 413 and json.loads(body)["type"].endswith("/body-too-large")
+
+
 async def _tiny_app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -145,6 +166,26 @@ def test_both_parsers_keep_the_limits(protocol):
         # than wait for 4 MiB of one trailer (send_and_read fails on its timeout otherwise).
         chunked = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: "
         send_and_read(port, chunked, *([b"e" * (1 << 20)] * 4), b"\r\n\r\n")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_timeout_and_only_then():
+    port = free_port()
+    config = ServerConfig(_tiny_app, host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol, log_config=None,
+                          lifespan="off", max_header_bytes=4096, max_header_count=20, timeout_keep_alive=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: server.started, timeout=10, what="the server to listen")
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            for _ in range(3):  # kept alive between requests...
+                conn.sendall(request_head(path="/"))
+                assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+            # ...and closed by the server once idle for the timeout: recv sees the end, not a timeout.
+            assert conn.recv(65536) == b""
     finally:
         server.should_exit = True
         thread.join(10)

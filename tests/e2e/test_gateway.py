@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -13,7 +14,10 @@ import jwt
 import pytest
 import redis as redis_sync
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from redis.asyncio import Redis as AsyncRedis
 
+from prognetwork.gateway.ratelimit import lease_size
+from prognetwork.gateway.settings import DEFAULT_RATE_LIMITS
 from prognetwork.users.keys import generate_pem, load_key
 from tests.helpers.accounts import unique_email
 from tests.helpers.databases import DisposableRedis
@@ -229,7 +233,10 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
     try:
         assert http_status(f"{gateway.url}/.well-known/jwks.json") == 200
         redis.stop()
-        assert http_status(f"{gateway.url}/.well-known/jwks.json") == 200  # read: served, unlimited
+        # Reads: served, unlimited — first from the lease reserved before the outage (those hits
+        # were counted in Redis), then without Redis at all.
+        reads = lease_size(DEFAULT_RATE_LIMITS["anonymous"].requests) + 1
+        assert [http_status(f"{gateway.url}/.well-known/jwks.json") for _ in range(reads)] == [200] * reads
         status, problem = request_json("POST", f"{gateway.url}/api/v1/auth/login",
                                        {"email": "x@example.com", "password": "whatever you like"})
         assert status == 503 and problem["type"].endswith("/rate-limiter-unavailable")
@@ -303,3 +310,53 @@ def test_gateway_metrics_label_routes_and_upstreams(gateway, database_url):
     assert re.search(r'requests_total\{method="GET",route="/api/v1/users/\*",service="api-gateway",status="200"\}', metrics)
     assert 'gateway_upstream_responses_total{status="200",upstream="user-service"}' in metrics
     assert "gateway_upstream_duration_seconds_bucket" in metrics
+
+
+def test_a_cached_token_stops_working_at_the_gateway_once_its_session_is_signed_out(gateway, signing_key,
+                                                                                      redis_url):
+    from prognetwork.kit.revocation import Revocations
+    from tests.helpers.threads import in_thread
+
+    # The gateway answers from its copy of the revocation set once it follows it.
+    eventually(lambda: "following revocations" in gateway.log(), what="the gateway to follow revocations")
+    session_id = uuid.uuid4().hex
+    token = mint(signing_key, uuid.uuid4(), sid=session_id)
+    url = f"{gateway.url}/api/v1/events/echo"
+    # Verified once, then served from the token cache.
+    assert [request_json("GET", url, headers=bearer(token))[0] for _ in range(3)] == [200] * 3
+
+    async def sign_out() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        try:
+            await Revocations(client).revoke([session_id], 60)  # as the user service signs a session out
+        finally:
+            await client.aclose()
+
+    in_thread(asyncio.run, sign_out())
+    status, problem = eventually(lambda: (answer := request_json("GET", url, headers=bearer(token)))[0] == 401
+                                 and answer, timeout=5, what="the signed-out token to be refused")
+    assert "signed out" in problem["detail"]
+
+
+def test_leased_rate_limits_still_bind_across_two_gateway_processes(gateway_env, tmp_path, redis_url):
+    limit = 400
+    lease = lease_size(limit)  # each process reserves this many hits at a time
+    assert lease > 1
+    limits = {"auth": {"requests": 100, "window_seconds": 60}, "default": {"requests": 100, "window_seconds": 60},
+              "anonymous": {"requests": limit, "window_seconds": 60}}
+    env = {**gateway_env, "GATEWAY_RATE_LIMITS": json.dumps(limits)}
+    redis_sync.Redis.from_url(redis_url).delete("rl:anonymous:a:127.0.0.1")
+    gateways = [start_service("api-gateway", env, tmp_path), start_service("api-gateway", env, tmp_path)]
+    try:
+        statuses: list[int | None] = []
+        while statuses[-4:] != [429] * 4 and len(statuses) < 2 * limit:  # until both refuse, twice each
+            statuses.append(http_status(f"{gateways[len(statuses) % 2].url}/.well-known/jwks.json", timeout=5))
+        assert set(statuses) == {200, 429}
+        # Never more than the limit between them; once both had spent their leases, exactly the limit.
+        assert statuses.count(200) == limit
+        # The first refusal came at most (N - 1) x (b - 1) requests early: hits the other process
+        # had reserved and not yet spent.
+        assert statuses.index(429) >= limit - (len(gateways) - 1) * (lease - 1)
+    finally:
+        for gateway in gateways:
+            gateway.stop()

@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import stripe
 import uvicorn
 from prometheus_client import REGISTRY
 
 from prognetwork.billing.app import create_app
 from prognetwork.billing.settings import BillingSettings
-from prognetwork.users.keys import load_key
 from tests.helpers.polling import eventually
 from tests.helpers.ports import free_port
 from tests.helpers.stripe_fake import StripeFake, running_stripe_fake
-from tests.helpers.tokens import AUDIENCE, ISSUER
+from tests.helpers.tokens import mint
 
 WEBHOOK_PATH = "/v1/billing/webhooks/stripe"
 # A webhook secret being rotated out: configured beside the fake's, so both verify.
@@ -93,15 +91,7 @@ def running_billing(database_url: str, redis_url: str, jwks_url: str, directory:
 def tenant_token(signing_key: str, user: uuid.UUID, tenant: uuid.UUID | None, tenant_role: str | None = None,
                  lifetime: int = 600) -> str:
     """An access token as the user service issues it after a switch into `tenant` with `tenant_role`."""
-    key = load_key(signing_key)
-    now = int(time.time())
-    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": str(user), "iat": now, "nbf": now,
-                              "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": "user", "sid": uuid.uuid4().hex}
-    if tenant is not None:
-        claims["tid"] = str(tenant)
-    if tenant_role is not None:
-        claims["tenant_role"] = tenant_role
-    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+    return mint(signing_key, user, tid=tenant, tenant_role=tenant_role, lifetime=lifetime)
 
 
 def signed(event: dict[str, Any], secret: str, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:

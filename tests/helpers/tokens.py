@@ -28,7 +28,8 @@ def mint(
                               "exp": now + lifetime, "jti": uuid.uuid4().hex, "role": role, "sid": sid or uuid.uuid4().hex}
     if tid is not None:
         claims["tid"] = str(tid)
-        claims["tenant_role"] = tenant_role or "member"
+    if tenant_role is not None:
+        claims["tenant_role"] = tenant_role
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
 

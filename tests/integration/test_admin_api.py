@@ -23,8 +23,7 @@ from tests.helpers.platform import audit_records, event_types, only_admin, with_
 from tests.helpers.polling import eventually_async
 from tests.helpers.problems import assert_problem
 from tests.helpers.tenants import another_session, claims_of, create_tenant, join, person, switch, unique_name
-from tests.helpers.threads import ThreadServer
-from tests.helpers.tokens import bearer, jwks_app, mint
+from tests.helpers.tokens import bearer, mint
 
 
 def reads(user_id: uuid.UUID, tenant_id: str) -> list[tuple[str, str, dict | None]]:
@@ -337,13 +336,6 @@ async def test_tenants_are_read_across_tenants_with_members_plan_and_seats(users
 
 
 # -- emails (the notification service) ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
 
 
 @pytest.fixture

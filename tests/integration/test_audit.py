@@ -26,13 +26,13 @@ from prognetwork.kit import db as kit_db
 from prognetwork.users.keys import generate_pem, load_key
 from tests.helpers.accounts import PASSWORD, login, unique_email, verified_user
 from tests.helpers.audit import TESTER, append, records, rehash_from, run_prog, tampering
-from tests.helpers.billing import running_billing, tenant_token
+from tests.helpers.billing import tenant_token
 from tests.helpers.databases import create_database, drop_database, with_database
 from tests.helpers.polling import eventually_async
 from tests.helpers.problems import assert_problem
 from tests.helpers.tenants import create_tenant, invitation_event, join, person
-from tests.helpers.threads import ThreadServer, in_thread
-from tests.helpers.tokens import bearer, jwks_app, mint
+from tests.helpers.threads import in_thread
+from tests.helpers.tokens import bearer, mint
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -541,19 +541,6 @@ async def test_prog_users_disable_is_audited_as_the_operator_at_the_command_line
 
 
 # -- billing -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def billing(database_url, redis_url, jwks_server, tmp_path_factory):
-    with running_billing(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("billing")) as running:
-        yield running
 
 
 async def test_checkout_and_subscription_changes_are_audited(billing, db, signing_key):

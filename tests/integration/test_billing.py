@@ -12,27 +12,12 @@ from tests.helpers.billing import (
     customer_of,
     events_of,
     metric,
-    running_billing,
     scoped_count,
     tenant_token,
 )
 from tests.helpers.polling import eventually_async
 from tests.helpers.problems import assert_problem
-from tests.helpers.threads import ThreadServer
-from tests.helpers.tokens import bearer, jwks_app
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def billing(database_url, redis_url, jwks_server, tmp_path_factory):
-    with running_billing(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("billing")) as running:
-        yield running
+from tests.helpers.tokens import bearer
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from tests.helpers.billing import (
     event_ids,
     events_of,
     metric,
-    running_billing,
     signed,
     stripe_event,
     subscription_id,
@@ -24,23 +23,9 @@ from tests.helpers.billing import (
 )
 from tests.helpers.polling import eventually, eventually_async
 from tests.helpers.problems import assert_problem
-from tests.helpers.threads import ThreadServer
-from tests.helpers.tokens import bearer, jwks_app
+from tests.helpers.tokens import bearer
 
 SUBSCRIPTION_CHANGED = "billing.subscription_changed"
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def billing(database_url, redis_url, jwks_server, tmp_path_factory):
-    with running_billing(database_url, redis_url, jwks_server.url, tmp_path_factory.mktemp("billing")) as running:
-        yield running
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from prognetwork.streaming.settings import StreamingSettings
 from tests.helpers.http import http_status
 from tests.helpers.polling import eventually
 from tests.helpers.threads import ThreadServer
-from tests.helpers.tokens import bearer, jwks_app, mint
+from tests.helpers.tokens import bearer, mint
 
 JSON = {"content-type": "application/json"}
 INT64_MAX = 2**63 - 1
@@ -112,13 +112,6 @@ async def test_outbox_limit_is_bounded(notifications):
 
 
 # --- streaming service -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

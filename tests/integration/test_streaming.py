@@ -14,14 +14,7 @@ from tests.helpers.events import append_events
 from tests.helpers.polling import eventually_async
 from tests.helpers.sse import open_stream
 from tests.helpers.threads import ThreadServer
-from tests.helpers.tokens import bearer, jwks_app, mint
-
-
-@pytest.fixture(scope="module")
-def jwks_server(signing_key):
-    server = ThreadServer(jwks_app(signing_key))
-    yield server
-    server.close()
+from tests.helpers.tokens import bearer, mint
 
 
 def start_streaming(database_url: str, redis_url: str, jwks_url: str, tmp, **overrides: str) -> ThreadServer:

@@ -70,6 +70,11 @@ async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
     )
 
 
+async def follow_revocations(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Signed-out sessions from memory instead of a Redis round trip per request (kit.revocation).
+    await runtime.proxy.revocations.follow(lifecycle.stop)
+
+
 def readiness(runtime: Runtime) -> dict[str, Check]:
     async def keys_loaded() -> str | None:
         return None if runtime.proxy.jwks.loaded else "the token issuer's keys are not loaded yet"
@@ -85,7 +90,7 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
         settings,
         [],
         runtime=open_runtime,
-        background=[keep_keys_fresh],
+        background=[keep_keys_fresh, follow_revocations],
         checks=readiness,
     )
     return Gateway(ops, routes, settings)

@@ -25,5 +25,5 @@ async def open_runtime(settings: GatewaySettings, connections: Connections) -> A
     redis = connections.redis
     async with upstream_session() as session:
         jwks = Jwks(settings.jwks_url, settings.jwt_issuer, settings.jwt_audience)
-        proxy = Proxy(session, RateLimiter(redis, settings.gateway_rate_limits), Revocations(redis), jwks)
-        yield Runtime(settings, proxy)
+        limiter = RateLimiter(redis, settings.gateway_rate_limits)
+        yield Runtime(settings, Proxy(session, limiter, Revocations(redis), jwks))

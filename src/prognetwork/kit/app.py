@@ -10,9 +10,10 @@ body. A served process answers OPS_PATHS on its ops port only, and only them the
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from prognetwork.kit.metrics import ERRORS, REQUEST_DURATION, REQUESTS, UNMATCHE
 from prognetwork.kit.service import ServiceSpec
 from prognetwork.kit.settings import Settings
 
-access_log = structlog.get_logger("prognetwork.access")
+ACCESS_LOGGER = "prognetwork.access"
+access_log = structlog.get_logger(ACCESS_LOGGER)
 QUIET_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 OPS_PATHS = QUIET_PATHS | {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -213,12 +215,19 @@ ReadOnlySession = Annotated[db.ReadSession, Depends(read_session)]
 
 
 class ObservabilityMiddleware:
-    """Request id, metrics, access log and body limit in one pure ASGI layer (no per-request tasks)."""
+    """Request id, metrics, access log and body limit in one pure ASGI layer (no per-request tasks).
+
+    It runs on every request of every service, so what can be done once is: the metric
+    children of each (method, route, status) are looked up once and kept (their number is
+    bounded as the series' is: methods the parser knows, routes of the table, statuses), and
+    the access line is built only when its logger would write it.
+    """
 
     def __init__(self, app: ASGIApp, service: str, max_body_bytes: int) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -257,26 +266,32 @@ class ObservabilityMiddleware:
             return message
 
         try:
-            declared = _content_length(scope)
+            declared, chunked = _body_framing(scope)
             if declared is not None and declared > self.max_body_bytes:
                 await _too_large(self.max_body_bytes)(scope, receive, send_with_id)
                 return
-            await self.app(scope, limited_receive, send_with_id)
+            # A body framed by a Content-Length within the limit cannot outgrow it (the server
+            # reads no further), and one without framing is empty: only a chunked body is counted.
+            await self.app(scope, limited_receive if chunked else receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            labels = (self.service, scope["method"], getattr(route, "path", UNMATCHED_ROUTE), str(status))
-            REQUEST_DURATION.labels(*labels).observe(elapsed)
-            REQUESTS.labels(*labels).inc()
+            method = scope["method"]
+            key = (method, getattr(scope.get("route"), "path", UNMATCHED_ROUTE), status)
+            children = self._children.get(key)
+            if children is None:
+                labels = (self.service, *key[:2], str(status))
+                children = self._children[key] = (REQUEST_DURATION.labels(*labels), REQUESTS.labels(*labels))
+            children[0].observe(elapsed)
+            children[1].inc()
             quiet = scope["path"] in QUIET_PATHS
             # A probe's 503 (draining, dependency down) is a verdict, not a failed user request:
             # counting it would make every rollout look like an error spike.
             if status >= 500 and not quiet:
-                ERRORS.labels(*labels).inc()
-            if not quiet:
+                ERRORS.labels(self.service, *key[:2], str(status)).inc()
+            if not quiet and kit_logging.enabled(ACCESS_LOGGER, logging.INFO):
                 access_log.info(
                     "request",
-                    method=scope["method"],
+                    method=method,
                     path=scope["path"],
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
@@ -298,17 +313,44 @@ def _request_id(scope: Scope) -> str:
             if REQUEST_ID.match(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return _new_request_id()
 
 
-def _content_length(scope: Scope) -> int | None:
+class _RequestIds:
+    """Random request ids, 32 hex digits as a uuid4's, drawn from the OS 256 at a time rather
+    than with one system call per request. No lock: services run one event loop, and a rare
+    race between threads (tests) could at worst hand out one id twice, never fail."""
+
+    def __init__(self) -> None:
+        self._digits = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._digits):
+            self._digits = os.urandom(16 * 256).hex()
+            at = 0
+        self._at = at + 32
+        return self._digits[at : at + 32]
+
+
+_new_request_id = _RequestIds()
+
+
+def _body_framing(scope: Scope) -> tuple[int | None, bool]:
+    """The request's declared Content-Length (None: none or unreadable) and whether it has a
+    Transfer-Encoding (a body whose size is known only as it arrives)."""
+    length = None
+    chunked = False
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return None
-    return None
+                chunked = True  # not a length the server framed the body by: count as it comes
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked
 
 
 def _too_large(limit: int) -> Response:

@@ -1,4 +1,9 @@
-"""Structured logs: one JSON object a line, with the request id and service bound in."""
+"""Structured logs: one JSON object a line, with the request id and service bound in.
+
+`configure` routes structlog through the standard library's loggers, so a logger's level is
+the standard one. Below it an event is dropped, but only after structlog has run its
+processors on it; per-request lines ask `enabled` first and skip even that.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,23 @@ class _StdoutHandler(logging.StreamHandler[TextIO]):
         pass
 
 
+_configured = False
+_loggers: dict[str, logging.Logger] = {}  # getLogger takes the logging module's lock each call
+
+
+def enabled(name: str, level: int) -> bool:
+    """Whether an event at `level` on logger `name` would be written. Until `configure` runs,
+    structlog's defaults print everything, so everything is."""
+    if not _configured:
+        return True
+    logger = _loggers.get(name)
+    if logger is None:
+        logger = _loggers[name] = logging.getLogger(name)
+    return logger.isEnabledFor(level)
+
+
 def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    global _configured
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -73,3 +94,4 @@ def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).disabled = True
     structlog.contextvars.bind_contextvars(service=service)
+    _configured = True

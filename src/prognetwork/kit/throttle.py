@@ -1,4 +1,8 @@
-"""Fixed-window counters in Redis, shared by every replica (one atomic round trip)."""
+"""Fixed-window counters in Redis, shared by every replica (one atomic round trip).
+
+A hit may count for several at once (`hit(..., amount=n)`): a caller that decides locally
+reserves a batch of hits in one round trip (the gateway's rate limiter does).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-# INCR, start the window on the first hit, report the count and the window's remaining time.
+# INCRBY, start the window on the first hit(s), report the count and the window's remaining time.
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {count, ttl}
@@ -29,6 +33,7 @@ return 0
 class Window:
     count: int
     retry_after_seconds: int
+    ends_in_seconds: float = 0.0  # the window's remaining time, unrounded
 
 
 class Counter:
@@ -37,9 +42,11 @@ class Counter:
         self._hit = redis.register_script(_HIT)
         self._undo = redis.register_script(_UNDO)
 
-    async def hit(self, key: str, window_seconds: int) -> Window:
-        count, ttl_ms = await self._hit(keys=[key], args=[window_seconds * 1000])
-        return Window(int(count), max(1, -(-int(ttl_ms) // 1000)))
+    async def hit(self, key: str, window_seconds: int, amount: int = 1) -> Window:
+        """Count `amount` hits in the window (started by the first); the count includes them."""
+        count, ttl_ms = await self._hit(keys=[key], args=[window_seconds * 1000, amount])
+        ttl_ms = int(ttl_ms)
+        return Window(int(count), max(1, -(-ttl_ms // 1000)), ttl_ms / 1000)
 
     async def peek(self, key: str) -> Window:
         async with self.redis.pipeline(transaction=False) as pipe:
