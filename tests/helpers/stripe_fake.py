@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from prognetwork.kit.process import answers
+from prognetwork.kit.process import wait_ready
 from tests.helpers.paths import ROOT
 from tests.helpers.ports import free_port
 
@@ -122,15 +121,7 @@ def running_stripe_fake(
         )
     fake = StripeFake(f"http://127.0.0.1:{port}", api_key, webhook_secret)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not answers(f"{fake.url}/_fake/health"):
-            if process.poll() is not None:
-                raise AssertionError(f"the Stripe fake exited during start-up (status {process.returncode})")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"the Stripe fake did not answer /_fake/health in {START_TIMEOUT_SECONDS:.0f}s"
-                )
-            time.sleep(0.05)  # the poll interval, bounded by the deadline above
+        wait_ready({"the Stripe fake": (process, fake.url)}, START_TIMEOUT_SECONDS, path="/_fake/health")
         yield fake
     except Exception as exc:
         _stop(process)
