@@ -1,5 +1,6 @@
-"""After a PostgreSQL outage, the email consumer resumes as soon as PostgreSQL is back (its
-listener reconnects and wakes it), not when its backoff runs out."""
+"""PostgreSQL outages: the email consumer resumes as soon as PostgreSQL is back (its listener
+reconnects and wakes it), not when its backoff runs out; and a refresh that fails on the outage
+spends nothing, so the client's retry keeps the session."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from prognetwork.kit.events import Consumer, append
 from prognetwork.kit.retry import Backoff, Resumed
 from prognetwork.notifications import service
 from prognetwork.notifications.app import CONSUMER_NAME
-from tests.helpers.accounts import unique_email
+from tests.helpers.accounts import login, unique_email, verified_user
 from tests.helpers.databases import DisposablePostgres, create_database
 from tests.helpers.polling import eventually_async
 from tests.helpers.threads import in_thread
@@ -63,6 +64,35 @@ async def test_email_consumer_resumes_when_postgres_returns_not_when_its_backoff
         await eventually_async(lambda: _true(task.done()), what="the consumer to stop")
         await engine.dispose()
     task.result()
+
+
+async def test_a_refresh_that_meets_a_postgres_outage_spends_nothing(own_postgres, make_settings, serve_app):
+    from prognetwork.users.app import create_app
+
+    pg = own_postgres
+    users = await serve_app(create_app(make_settings("user-service", DATABASE_URL=pg.url("prog"))))
+    conn = await asyncpg.connect(pg.url("prog"))
+    try:
+        email = await verified_user(users, conn)
+    finally:
+        await conn.close()
+    tokens = (await login(users, email)).json()
+
+    await asyncio.to_thread(pg.stop)
+    # Answered without PostgreSQL: a 503 saying nothing changed (and never the reuse verdict).
+    failed = await users.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert failed.status_code == 503, failed.text
+    await asyncio.to_thread(pg.start)
+
+    async def refreshed():
+        response = await users.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        return response if response.status_code != 503 else None
+
+    # The client's retry of the very same token, once PostgreSQL answers again, is a normal refresh.
+    again = await eventually_async(refreshed, timeout=30, what="a refresh after the outage")
+    assert again.status_code == 200, again.text
+    access = again.json()["access_token"]
+    assert (await users.get("/v1/users/me", headers={"Authorization": f"Bearer {access}"})).status_code == 200
 
 
 async def _listening(url: str) -> bool:

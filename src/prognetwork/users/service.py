@@ -357,11 +357,19 @@ class Accounts:
     async def refresh(
         self, db: AsyncSession, refresh_token: str, *, origin: audit.Origin | None = None
     ) -> Tokens:
-        rotation = await self._rotate(db, refresh_token, origin)
+        # What PostgreSQL must say is read before the token is spent: if it cannot answer (an
+        # outage), the 503 leaves the token unspent, so the client's retry is not taken for a
+        # stolen token's reuse, which would end the whole session.
+        session = await self.store.session_of(refresh_token)
+        if session is None or not await self.store.is_live(refresh_token):
+            await self._rotate(db, refresh_token, origin)  # unknown: invalid; spent: reuse, ends the family
+            raise INVALID_REFRESH_TOKEN("The refresh token is invalid or has expired.")
+        family, user_id = session
         async with db.begin():
-            user = await self._active_user(db, rotation.user_id)
-            tenant_id = await self.store.tenant_of(rotation.family)
+            user = await self._active_user(db, user_id)
+            tenant_id = await self.store.tenant_of(family)
             role = await self._tenant_role(db, tenant_id, user.id) if tenant_id else None
+        rotation = await self._rotate(db, refresh_token, origin)
         if tenant_id and role is None:
             # No longer a member: this session leaves the tenant, and its tokens say so.
             await self.store.set_tenant(rotation.family, None)
