@@ -47,12 +47,39 @@ bench-gateway: $(INSTALLED)
 bench-streaming: $(INSTALLED)
 	$(BIN)/python bench/streaming.py
 
+# Event-log retention over 1 M generated events: archived and removed per second (a few minutes).
+.PHONY: bench-retention
+bench-retention: $(INSTALLED)
+	$(BIN)/python bench/retention.py
+
+# Backups of 1 M events: create, verify and restore times and sizes (about 5 minutes).
+.PHONY: bench-backup
+bench-backup: $(INSTALLED)
+	$(BIN)/python bench/backup.py
+
+# The disaster-recovery drill, in full (about 3 minutes; not part of `make test`, which runs a short
+# one): a throwaway PostgreSQL cluster archiving with deploy/pgbackrest is destroyed under load and
+# restored; prints the timeline and the measured RTO and RPO. Installs pgbackrest if missing.
+.PHONY: drill-dr
+drill-dr: $(INSTALLED)
+	sh scripts/install-dr-tools.sh
+	$(BIN)/prog dr drill --duration 120
+
+# Fault drills (drills/): each starts a platform of its own on its own PostgreSQL and Redis,
+# breaks it on purpose and prints a timeline and one JSON line (README, "Drills").
+.PHONY: drill-restart drill-outage
+drill-restart: $(INSTALLED)
+	$(BIN)/python drills/restart.py
+
+drill-outage: $(INSTALLED)
+	$(BIN)/python drills/outage.py
+
 # ruff's rules (security included), the formatter's verdict on src/ and mypy over the package
 # (pyproject.toml configures all three). Each runs, so one pass shows every finding; any one
 # failing fails the target.
 lint: $(INSTALLED)
 	@status=0; \
-	$(BIN)/ruff check src tests bench || status=1; \
+	$(BIN)/ruff check src tests bench drills || status=1; \
 	$(BIN)/ruff format --check src || status=1; \
 	$(BIN)/mypy || status=1; \
 	exit $$status

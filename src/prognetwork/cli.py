@@ -21,6 +21,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from prognetwork.jobs.backup_cli import backup_app
+from prognetwork.jobs.dr_cli import dr_app
+from prognetwork.jobs.job_cli import job_app
 from prognetwork.kit import process
 from prognetwork.kit.service import ServiceSpec
 from prognetwork.kit.settings import Settings
@@ -155,10 +158,13 @@ def _serve_reloading(service: str, host: str, port: int, ops_port: int, director
 def migrate(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Bring the database schema up to date (safe to run from several replicas at once)."""
     from prognetwork.kit import migrations
+    from prognetwork.kit.secrets import SecretsUnavailable
 
     settings = load_settings(Settings)
     try:
         migrations.upgrade(settings.database_dsn, revision)
+    except SecretsUnavailable as exc:  # DATABASE_URL is in a secret store (SECRETS_BACKEND)
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot reach PostgreSQL ({exc}); check DATABASE_URL") from None
     out.print(f"schema at {revision}")
@@ -583,6 +589,9 @@ def users_set_role(
 
 audit_app = typer.Typer(no_args_is_help=True, help="Verify, export and purge the audit log.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="backup")
+app.add_typer(dr_app, name="dr")
+app.add_typer(job_app, name="job")
 
 
 def _audit_run(work: Callable[[], Any]) -> Any:

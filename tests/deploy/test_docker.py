@@ -8,6 +8,8 @@ running the images is `make test-images` (scripts/test-images.sh).
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -115,6 +117,38 @@ def test_base_image_is_a_build_argument_and_labels_follow_oci() -> None:
     keys = set(label.value[::2])
     for key in ("version", "revision", "source"):
         assert f"org.opencontainers.image.{key}" in keys
+
+
+DIGEST_PINNED = re.compile(r"^[\w./:-]+@sha256:[0-9a-f]{64}$")
+
+
+def unpinned_bases(commands: list[dockerfile.Command]) -> list[str]:
+    """Each FROM that names neither an earlier stage of the same file nor an image by digest
+    (a build argument counts by its default)."""
+    defaults = {}
+    stages_so_far: set[str] = set()
+    found = []
+    for command in commands:
+        if command.cmd == "ARG" and not stages_so_far:
+            name, _, default = command.value[0].partition("=")
+            defaults[name] = default
+        if command.cmd != "FROM":
+            continue
+        image = re.sub(r"^\$\{?(\w+)\}?$", lambda m: defaults.get(m.group(1), ""), command.value[0])
+        if image not in stages_so_far and not DIGEST_PINNED.match(image):
+            found.append(command.value[0] + (f" (= {image})" if image != command.value[0] else ""))
+        stages_so_far.add(command.value[-1])
+    return found
+
+
+def test_every_base_image_is_pinned_by_digest_or_built_in_the_file() -> None:
+    """A tag moves (every Debian and Python patch release): two builds of one commit would differ."""
+    assert unpinned_bases(dockerfile.parse_file(str(DOCKERFILE))) == []
+    # The check can fail: a tag alone, given directly or as the argument's default.
+    assert unpinned_bases(dockerfile.parse_string("FROM python:3.11-slim AS builder\nFROM builder AS x\n")) == [
+        "python:3.11-slim"]
+    assert unpinned_bases(dockerfile.parse_string("ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n")) == [
+        "${BASE_IMAGE} (= python:3.11-slim)"]
 
 
 # --- .dockerignore ----------------------------------------------------------------------
@@ -300,10 +334,15 @@ def test_compose_services_believe_forwarded_for_from_the_gateway_only() -> None:
     composed = compose_config()["services"]
     (edge,) = [spec.name for spec in services().values() if spec.edge]
     (gateway_address,) = [net["ipv4_address"] for net in composed[edge]["networks"].values()]
-    for name in (edge, CONSOLE):
-        assert "FORWARDED_ALLOW_IPS" not in composed[name]["environment"], f"clients reach {name} directly"
+    (console_address,) = [net["ipv4_address"] for net in composed[CONSOLE]["networks"].values()]
+    assert "FORWARDED_ALLOW_IPS" not in composed[CONSOLE]["environment"], "browsers reach the console directly"
+    # Clients reach the gateway directly too; the one proxy it believes is the console, which passes
+    # on the browser's address (every operator would otherwise share one sign-in budget).
+    assert composed[edge]["environment"]["FORWARDED_ALLOW_IPS"] == console_address
     for name in set(service_targets()) - {edge, CONSOLE}:
         assert composed[name]["environment"]["FORWARDED_ALLOW_IPS"] == gateway_address, name
+    subnet = ipaddress.ip_network(compose_config()["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    assert {ipaddress.ip_address(gateway_address), ipaddress.ip_address(console_address)} < set(subnet.hosts())
 
 
 def test_compose_services_find_each_other_and_the_token_issuers_keys_by_service_name() -> None:
@@ -400,3 +439,84 @@ def test_billing_calls_the_stripe_fake_which_signs_and_delivers_its_webhooks() -
     route = match(compile_routes(settings), public_path)
     assert route and route.upstream == "billing-service" and route.public, route
     assert option(command, "--webhook-url") == str(upstream_url(route, public_path, b""))
+
+
+# --- the monitoring profile ---------------------------------------------------------------
+
+MONITORING = ROOT / "deploy" / "monitoring"
+
+
+def mounts(service: dict) -> dict[str, Path]:
+    """A compose service's bind mounts: container path → host path."""
+    return {v["target"]: Path(v["source"]) for v in service.get("volumes", ()) if v["type"] == "bind"}
+
+
+def test_compose_prometheus_scrapes_every_service_ops_port_with_the_shared_rules(monitoring_tools) -> None:
+    """Prometheus in compose reads prometheus/compose.yml: each service's job, named as the service,
+    at its compose name and OPS_PORT (never the Kubernetes discovery, which finds nothing here), the
+    rule files Kubernetes uses, and Alertmanager by its compose name. promtool accepts it."""
+    import yaml
+
+    composed = compose_config("monitoring")["services"]
+    prometheus = composed["prometheus"]
+    mounted = mounts(prometheus)
+    config_path = mounted["/etc/prometheus/prometheus.yml"]
+    assert config_path == MONITORING / "prometheus" / "compose.yml"
+    assert mounted["/etc/prometheus/rules"] == MONITORING / "prometheus" / "rules"
+    config = yaml.safe_load(config_path.read_text())
+    assert config["rule_files"] == ["rules/*.yml"]  # relative to the config: /etc/prometheus/rules
+    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+            for job in config["scrape_configs"]}
+    for name in service_targets():
+        assert jobs[name] == [f"{name}:{composed[name]['environment']['OPS_PORT']}"], name
+    for job, targets in jobs.items():
+        for target in targets:
+            host, _, port = target.rpartition(":")
+            assert host == "127.0.0.1" and job == "prometheus" or host in composed, (job, target)
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    result = run("promtool", "check", "config", config_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and "rules found" in result.stdout
+
+
+def test_compose_grafana_alertmanager_and_traces_are_wired() -> None:
+    import yaml
+
+    composed = compose_config("monitoring")["services"]
+    # Grafana: the provisioning files and the dashboards where the dashboard provider looks.
+    grafana = mounts(composed["grafana"])
+    assert grafana["/etc/grafana/provisioning"] == MONITORING / "grafana" / "provisioning"
+    (provider,) = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/prognetwork.yml").read_text())[
+        "providers"]
+    assert grafana[provider["options"]["path"]] == MONITORING / "grafana" / "dashboards"
+    assert composed["grafana"]["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
+    # Alertmanager: every secret file its config names is mounted.
+    alertmanager = mounts(composed["alertmanager"])
+    config_path = alertmanager["/etc/alertmanager/alertmanager.yml"]
+    named = set(re.findall(r"_file:\s*(/etc/alertmanager/secrets/[\w.-]+)", config_path.read_text()))
+    assert named, "alertmanager.yml names no secret file"
+    for path in named:
+        directory = alertmanager[str(Path(path).parent)]
+        assert (directory / Path(path).name).read_text().strip(), path
+    # Traces: every service sends OTLP/HTTP to the collector's HTTP receiver, which exports to Jaeger.
+    collector = yaml.safe_load(mounts(composed["otel-collector"])["/etc/otelcol/config.yaml"].read_text())
+    http_port = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rpartition(":")[2]
+    for name in service_targets():
+        assert composed[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{http_port}"
+    jaeger_host = collector["exporters"]["otlp/jaeger"]["endpoint"].rpartition(":")[0]
+    assert jaeger_host in composed["jaeger"]["networks"]["default"]["aliases"]
+
+
+def test_compose_service_environments_turn_tracing_on(monkeypatch) -> None:
+    """kit/tracing.py's own test of its variables, on each service's compose environment."""
+    from prognetwork.kit import tracing
+
+    composed = compose_config()["services"]
+    for name in service_targets():
+        for key in [k for k in os.environ if k.startswith("OTEL_")]:
+            monkeypatch.delenv(key)
+        for key, value in composed[name]["environment"].items():
+            if key.startswith("OTEL_"):
+                monkeypatch.setenv(key, value)
+        assert tracing.wanted(), name

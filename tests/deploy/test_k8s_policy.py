@@ -22,7 +22,7 @@ from tests.helpers.ports import free_port
 SPECS = services()
 SERVICES = {name: spec.port for name, spec in SPECS.items()}
 OPS_PORTS = {name: spec.ops_port for name, spec in SPECS.items()}
-ROLLOUTS = {"user-service", "api-gateway"}
+ROLLOUTS = {"user-service", "api-gateway", "admin-client", "billing-service", "event-streaming"}
 # The services behind the gateway that verify access tokens themselves, against the issuer's keys.
 TOKEN_VERIFIERS = {"event-streaming", "billing-service", "notification-service"}
 # The operators' web console: behind the edge like the gateway, a client of the gateway, and the
@@ -32,9 +32,11 @@ ENV_OVERLAYS = ["development", "staging", "production"]
 WORKLOAD_KINDS = {"Deployment", "Rollout", "Job", "CronJob"}
 # Batch work run with the user service's image: migrations before a release, the audit log's purge daily.
 BATCH_KINDS = {"Job", "CronJob"}
+# The canary's own pods in its own namespace (tests/deploy/test_k8s_rollouts.py, tests/e2e/test_rollout_analysis.py).
+CANARY = 'namespace="{{args.namespace}}", service="{{args.service}}", rollouts_pod_template_hash="{{args.canary-hash}}"'
 ERROR_RATE_QUERY = (
-    'sum by (service) (rate(errors_total{service="{{args.service}}"}[5m])) / '
-    '(sum by (service) (rate(requests_total{service="{{args.service}}"}[5m])) > 0)'
+    f'sum by (namespace, service) (rate(errors_total{{{CANARY}}}[5m])) / '
+    f'(sum by (namespace, service) (rate(requests_total{{{CANARY}}}[5m])) > 0)'
 )
 HOSTS = {
     "development": {"api.dev.prognetwork.com", "app.dev.prognetwork.com"},
@@ -126,6 +128,12 @@ def test_services_have_probes_drain_and_grace(rendered):
         assert "initialDelaySeconds" not in c["livenessProbe"], "the startupProbe covers start-up"
         pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
         assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + timeout, name
+        # Endpoints are removed while preStop runs; kube-proxy, the ingress and the gateway's
+        # balancers take a few seconds to follow, during which the pod still gets requests.
+        assert pre_stop >= 5, name
+        # The kubelet sees readiness fail (503 from SIGTERM on) before the listeners close.
+        probe = c["readinessProbe"]
+        assert probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3) <= pre_stop + drain + timeout, name
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
         assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(ops),
                                "prometheus.io/path": "/metrics"}
@@ -144,7 +152,7 @@ def test_updates_start_new_pods_before_old_ones_stop(rendered):
         (template,) = canary["analysis"]["templates"]
         of(objects, "AnalysisTemplate", template["templateName"])
         # The analysis judges the `service` label of the Rollout's own metrics: its name.
-        assert canary["analysis"]["args"] == [{"name": "service", "value": r["metadata"]["name"]}]
+        assert canary["analysis"]["args"][0] == {"name": "service", "value": r["metadata"]["name"]}
 
 
 def test_rollback_analysis_uses_the_alerting_error_rate(rendered):
@@ -167,11 +175,14 @@ def test_services_select_exactly_their_pods(rendered):
     nothing routed through a Service (the edge included) reaches `ops`."""
     _, objects = rendered
     ops_services = {ops_service_name(name): name for name in SERVICES if name != CONSOLE}
+    # A canary Rollout's stable and canary Services, whose weights the edge's route sets.
+    canary_services = {r["spec"]["strategy"]["canary"][key]: r["metadata"]["name"] for r in of(objects, "Rollout")
+                       for key in ("stableService", "canaryService") if key in r["spec"]["strategy"]["canary"]}
     for service in of(objects, "Service"):
         name = service["metadata"]["name"]
         selector = service["spec"]["selector"]
         selected = [w["metadata"]["name"] for w in workloads(objects) if matches(selector, pod_labels(w))]
-        assert selected == [ops_services.get(name, name)], f"Service {name} selects {selected}"
+        assert selected == [ops_services.get(name, canary_services.get(name, name))], f"Service {name} selects {selected}"
         assert service["spec"]["type"] == "ClusterIP"
         if name in ops_services:
             # Unready pods too: a failing /readiness is what the Health page is there to show.
@@ -181,7 +192,7 @@ def test_services_select_exactly_their_pods(rendered):
         else:
             assert "publishNotReadyAddresses" not in service["spec"], "unready pods take no traffic"
             assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
-    assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES) | set(ops_services)
+    assert {s["metadata"]["name"] for s in of(objects, "Service")} == set(SERVICES) | set(ops_services) | set(canary_services)
 
 
 def test_autoscalers_own_replicas_of_sized_workloads(rendered):
@@ -202,6 +213,12 @@ def test_autoscalers_own_replicas_of_sized_workloads(rendered):
             assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
 
 
+def routed(rule: dict) -> list[dict]:
+    """The backends a route rule sends traffic to: a canary's backend waits at weight 0 until its
+    Rollout sets one (components/gateway-api/canary.yaml)."""
+    return [backend for backend in rule.get("backendRefs", ()) if backend.get("weight", 1) > 0]
+
+
 def test_every_workload_has_a_disruption_budget(rendered):
     _, objects = rendered
     budgets = of(objects, "PodDisruptionBudget")
@@ -209,7 +226,8 @@ def test_every_workload_has_a_disruption_budget(rendered):
         workload = next(o for o in workloads(objects) if o["metadata"]["name"] == name)
         covering = [b for b in budgets if matches(b["spec"]["selector"], pod_labels(workload))]
         assert len(covering) == 1 and covering[0]["spec"] == {
-            "maxUnavailable": 1, "selector": covering[0]["spec"]["selector"]}, name
+            "maxUnavailable": 1, "selector": covering[0]["spec"]["selector"],
+            "unhealthyPodEvictionPolicy": "AlwaysAllow"}, name
 
 
 def test_every_service_is_scraped(rendered):
@@ -229,7 +247,8 @@ def test_migrations_run_with_the_user_service_image(rendered):
     (users,) = pod_spec(of(objects, "Rollout", "user-service"))["containers"]
     assert c["command"] == ["prog", "migrate"] and c["image"] == users["image"]
     assert pod_spec(job)["restartPolicy"] == "Never"
-    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    # Argo CD's order (tests/deploy/test_k8s_argocd.py): after what it reads, before the workloads.
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
 
 
 # ---- network paths -------------------------------------------------------------------
@@ -309,8 +328,18 @@ EXPECTED_PATHS = {
     "prog-migrate": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
     # The audit log's purge: PostgreSQL alone (its signing key is a mounted file), nothing in.
     "audit-retention": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
+    # Event-log retention: PostgreSQL and the archive bucket (S3, public HTTPS); the usage report: PostgreSQL.
+    "event-retention": {"ingress": set(), "egress": DNS | {(DATA, "5432"), ("internet", "443")}},
+    "usage-report": {"ingress": set(), "egress": DNS | {(DATA, "5432")}},
+    # Database backups and their weekly proof: PostgreSQL, the Pushgateway, S3 and STS (public HTTPS).
+    "backup": {"ingress": set(), "egress": DNS | {(DATA, "5432"), ("ns:monitoring/pushgateway", "9091"), ("internet", "443")}},
+    "backup-verify": {"ingress": set(), "egress": DNS | {(DATA, "5432"), ("ns:monitoring/pushgateway", "9091"), ("internet", "443")}},
 }
 DEV_DATASTORES = {("pod:postgresql", "5432"), ("pod:redis", "6379")}
+# Every service exports its traces to the OpenTelemetry Collector (OTLP/HTTP).
+OTLP = ("ns:monitoring/otel-collector", "4318")
+for _name in SERVICES:
+    EXPECTED_PATHS[_name]["egress"].add(OTLP)
 
 
 def test_network_policies_allow_exactly_the_architecture(rendered):
@@ -476,12 +505,9 @@ def test_secrets_are_never_committed_outside_development(env):
     assert secrets == [], "staging and production Secrets come from AWS Secrets Manager"
     external = of(objects, "ExternalSecret", "prognetwork-secrets")
     assert external["spec"]["target"]["name"] == "prognetwork-secrets"
-    assert external["spec"]["secretStoreRef"] == {"kind": "ClusterSecretStore", "name": "aws-secrets-manager"}
-    keys = {d["secretKey"] for d in external["spec"]["data"]}
-    # Every secret a service reads, and the datastore URLs.
-    assert keys >= {"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "SENDGRID_API_KEY", "STRIPE_SECRET_KEY",
-                    "STRIPE_WEBHOOK_SECRET"} | {name for spec in SPECS.values() for name in spec.secrets}
-    assert all(d["remoteRef"] == {"key": "prognetwork/app", "property": d["secretKey"]} for d in external["spec"]["data"])
+    # The environment's own secret, through its own namespace's store (tests/deploy/test_k8s_secrets.py).
+    assert external["spec"]["secretStoreRef"] == {"kind": "SecretStore", "name": "aws-secrets-manager"}
+    assert external["spec"]["dataFrom"] == [{"extract": {"key": f"prognetwork/{name}/app"}}]
 
 
 def test_secret_files_are_mounted_per_service(rendered):
@@ -511,9 +537,9 @@ def test_images_are_immutable_per_environment(env):
                 assert re.search(r":\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$", c["image"]), c["image"]
 
 
-# Work that resumes or starts over when its node is reclaimed: email delivery (its durable cursor)
-# and the audit log's purge (one transaction, rolled back).
-SPOT_WORKLOADS = {"notification-service", "audit-retention"}
+# Work that resumes or starts over when its node is reclaimed: email delivery (its durable cursor),
+# the audit log's purge (one transaction, rolled back) and the checkpointed batch jobs.
+SPOT_WORKLOADS = {"notification-service", "audit-retention", "event-retention", "usage-report"}
 
 
 def test_fault_tolerant_workers_prefer_spot_in_production_only(env):
@@ -594,7 +620,7 @@ def test_external_routes(rendered):
     for route in routes:
         assert all(p["name"] == "prognetwork" for p in route["spec"]["parentRefs"])
         for rule in route["spec"]["rules"]:
-            for backend in rule.get("backendRefs", ()):
+            for backend in routed(rule):
                 assert reaches_api_port(objects, backend["name"], backend["port"]), backend
                 for host in route["spec"]["hostnames"]:
                     served.setdefault(host.split(".")[0], set()).add(backend["name"])
@@ -635,7 +661,7 @@ def edge_matches(objects, host: str, path: str) -> list[tuple[str, dict]]:
                 assert set(match) <= {"path"} and where["type"] in {"PathPrefix", "Exact"}, match
                 if where["value"] == path or where["type"] == "PathPrefix" and prefix_matches(where["value"], path):
                     found += [(len(where["value"]), backend["name"], rule.get("timeouts", {}))
-                              for backend in rule.get("backendRefs", ())]
+                              for backend in routed(rule)]
     for ingress in of(objects, "Ingress"):
         assert "defaultBackend" not in ingress["spec"]
         for rule in ingress["spec"]["rules"]:
@@ -662,7 +688,7 @@ def test_stripe_webhooks_reach_billing_through_the_gateway_only(rendered, tmp_pa
     assert edge_backends(objects, api_host, STRIPE_WEBHOOK_PATH) == {"api-gateway"}
     # No route or Ingress exposes billing-service itself, on any host or path.
     named = {backend["name"] for route in of(objects, "HTTPRoute") for rule in route["spec"]["rules"]
-             for backend in rule.get("backendRefs", ())}
+             for backend in routed(rule)}
     named |= {where["backend"]["service"]["name"] for ingress in of(objects, "Ingress")
               for rule in ingress["spec"]["rules"] for where in rule["http"]["paths"]}
     assert "billing-service" not in named and named <= {"api-gateway", "admin-client"}
@@ -717,11 +743,14 @@ def test_event_streams_cross_the_edge_unbuffered_and_without_a_deadline(rendered
             assert backend == service, (prefix, where, backend)
             if name.endswith("ingress-nginx"):
                 read_timeout = applied.get(NGINX + "proxy-read-timeout")
+                send_timeout = applied.get(NGINX + "proxy-send-timeout")
                 if streamed:
                     assert applied.get(NGINX + "proxy-buffering") == "off", (prefix, where)
                     assert int(read_timeout) > max(60, 4 * heartbeat), (prefix, where, read_timeout)
+                    assert int(send_timeout) >= int(read_timeout), (prefix, where, send_timeout)
                 else:
                     assert read_timeout is None and NGINX + "proxy-buffering" not in applied, (prefix, where)
+                    assert send_timeout is None, (prefix, where)
             else:
                 assert applied == ({"request": "0s"} if streamed else {}), (prefix, where, applied)
 
@@ -952,8 +981,10 @@ def normalised(objects, env: str) -> dict:
                 for e in c.get("envFrom", ()):
                     e.get("configMapRef", {}).update(name="prog-config")
         if obj["kind"] == "ConfigMap":
-            # AUDIT_RETENTION_DAYS: each environment keeps its audit records as long as it needs.
-            for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM", "AUDIT_RETENTION_DAYS"):
+            # AUDIT_RETENTION_DAYS: each environment keeps its audit records as long as it needs;
+            # OTEL_TRACES_SAMPLER_ARG: production traces a share of its requests.
+            for key in ("PROG_ENV", "APP_URL", "JWT_ISSUER", "EMAIL_FROM", "AUDIT_RETENTION_DAYS",
+                        "OTEL_TRACES_SAMPLER_ARG"):
                 obj["data"].pop(key)
             # The same plans; each environment's Stripe account has its own price ids.
             obj["data"]["BILLING_PLANS"] = [{**plan, "price_id": plan["price_id"] and "PRICE"}
@@ -964,6 +995,13 @@ def normalised(objects, env: str) -> dict:
             spec.pop("hostnames")
         if obj["kind"] == "Certificate":
             spec.pop("dnsNames")
+        # Each environment's own Secrets Manager secret and the IAM role that may read it.
+        if obj["kind"] == "ExternalSecret":
+            for source in spec["dataFrom"]:
+                source["extract"]["key"] = source["extract"]["key"].replace(f"/{env}/", "/ENV/")
+        role = meta.get("annotations", {}).get("eks.amazonaws.com/role-arn")
+        if role:
+            meta["annotations"]["eks.amazonaws.com/role-arn"] = role.replace(f"-{env}-", "-ENV-")
         out[(obj["kind"], name)] = obj
     return out
 

@@ -35,6 +35,19 @@ def test_config_is_valid(monitoring_tools):
     ({"severity": "warning", "alertname": "ReadinessFailing", "service": "admin-client"}, "slack-and-email"),
     # The audit log's chain broken: records were altered or deleted. It pages.
     ({"severity": "critical", "alertname": "AuditChainBroken", "service": "user-service"}, "pagerduty-and-slack"),
+    # One Prometheus, two environments: production's pages, staging's and development's never do.
+    ({"severity": "critical", "alertname": "ServiceDown", "service": "user-service", "namespace": "prog-production"},
+     "pagerduty-and-slack"),
+    ({"severity": "critical", "alertname": "ServiceDown", "service": "user-service", "namespace": "prog-staging"},
+     "staging"),
+    ({"severity": "critical", "alertname": "HighErrorRate", "service": "api-gateway", "namespace": "prog-development"},
+     "staging"),
+    ({"severity": "ticket", "alertname": "BillingPaymentFailures", "service": "billing-service",
+      "namespace": "prog-staging"}, "staging"),
+    ({"severity": "warning", "alertname": "BillingWebhookFailures", "service": "billing-service", "outcome": "error",
+      "namespace": "prog-production"}, "billing,slack-and-email"),
+    # The dead man's switch reaches the heartbeat alone, never a person.
+    ({"severity": "heartbeat", "alertname": "Watchdog", "service": "prometheus"}, "heartbeat"),
 ])
 def test_routes_by_severity(monitoring_tools, labels, receiver):
     result = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", f"--verify.receivers={receiver}",
@@ -63,3 +76,16 @@ def test_secrets_come_from_files_only():
         assert not re.search(rf"^\s*{key}:", text, re.MULTILINE), f"{key} written in the config; use {key}_file"
     files = re.findall(r"_file:\s*(\S+)", text)
     assert len(files) >= 3 and all(path.startswith("/etc/alertmanager/secrets/") for path in files)
+
+
+def test_staging_receiver_never_pages_and_heartbeat_only_posts_to_the_switch():
+    receivers = {r["name"]: r for r in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]}
+    assert set(receivers["staging"]) == {"name", "slack_configs"}
+    assert set(receivers["heartbeat"]) == {"name", "webhook_configs"}
+
+
+def test_the_watchdog_repeats_every_minute_so_silence_means_alerting_is_down():
+    routes = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["route"]["routes"]
+    (heartbeat,) = [r for r in routes if r["receiver"] == "heartbeat"]
+    assert heartbeat["matchers"] == ['alertname="Watchdog"'] and heartbeat["repeat_interval"] == "1m"
+    assert routes.index(heartbeat) == 0, "the Watchdog must be matched before any other route"

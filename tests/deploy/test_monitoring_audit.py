@@ -61,7 +61,7 @@ def test_the_alert_pages_with_the_labels_it_fires_with(monitoring_tools):
     rule silences it (only a warning is inhibited, and only by a critical alert)."""
     (rule,) = audit_rules()
     labels = {**rule["labels"], "alertname": rule["alert"], "service": SERVICE}
-    assert labels["severity"] == "critical" and "by (service)" in rule["expr"]
+    assert labels["severity"] == "critical" and "by (namespace, service)" in rule["expr"]
     result = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
                  f"--verify.receivers={PAGER}", *(f"{k}={v}" for k, v in labels.items()))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,12 +22,15 @@ from tests.helpers.monitoring import (
     run,
     squeeze,
 )
+from tests.helpers.paths import ROOT
 
 # A service's job is its name: local.yml's job, and the pods' app name in Kubernetes.
 SERVICE_JOBS = set(services())
 ERROR_RATIO = (
-    "sum by (service) (rate(errors_total[5m])) / (sum by (service) (rate(requests_total[5m])) > 0)"
+    "sum by (namespace, service) (rate(errors_total[5m])) / (sum by (namespace, service) (rate(requests_total[5m])) > 0)"
 )
+# Always firing by design (the dead man's switch): never silent, and heard by the heartbeat alone.
+HEARTBEATS = {"Watchdog"}
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
 
 
@@ -72,6 +75,8 @@ def test_local_config_scrapes_every_service_on_its_ops_port():
     # The ops port is the only one serving /metrics (the API port answers it 404).
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    # Besides the services, the Pushgateway the batch jobs push to (tests/e2e/test_backup_alerts.py).
+    assert targets.pop("pushgateway") == ["127.0.0.1:9091"]
     assert targets == {name: [f"127.0.0.1:{spec.ops_port}"] for name, spec in services().items()}
 
 
@@ -113,12 +118,13 @@ def test_every_alert_is_unit_tested_both_firing_and_silent():
                 (fired if check["exp_alerts"] else silent).add(check["alertname"])
     names = {rule["alert"] for rule in alerts()}
     assert names - fired == set(), "never shown to fire"
-    assert names - silent == set(), "never shown to stay silent"
+    assert names - silent - HEARTBEATS == set(), "never shown to stay silent"
 
 
 def test_every_alert_has_severity_service_and_annotations():
     for rule in alerts():
-        assert rule["labels"]["severity"] in {"critical", "warning", "ticket"}, rule["alert"]
+        severities = {"heartbeat"} if rule["alert"] in HEARTBEATS else {"critical", "warning", "ticket"}
+        assert rule["labels"]["severity"] in severities, rule["alert"]
         assert set(rule["annotations"]) >= {"summary", "description", "runbook_url"}, rule["alert"]
         # The label comes from the rule, from `service:` recorded series, or from label_replace.
         assert "service" in rule["labels"] or "service" in rule["expr"], rule["alert"]
@@ -131,8 +137,11 @@ def test_service_down_and_absent_cover_every_job():
     (down,) = by_name["ServiceDown"]
     covered = re.search(r'up\{job=~"([^"]+)"\}', down).group(1).split("|")
     assert set(covered) == SERVICE_JOBS
-    absent = {re.search(r'absent\(up\{job="([^"]+)"\}\)', e).group(1) for e in by_name["ServiceAbsent"]}
+    absent = {found.group(1) for e in by_name["ServiceAbsent"] if (found := re.search(r'absent\(up\{job="([^"]+)"\}\)', e))}
     assert absent == SERVICE_JOBS
+    # A job gone from one namespace while another still runs it: absent() cannot see that.
+    (vanished,) = [e for e in by_name["ServiceAbsent"] if "present_over_time" in e]
+    assert all(set(listed.split("|")) == SERVICE_JOBS for listed in re.findall(r'up\{job=~"([^"]+)"\}', vanished))
 
 
 def test_high_error_rate_uses_the_agreed_error_ratio():
@@ -163,9 +172,11 @@ def test_analysis_template_judges_the_same_error_ratio():
                               if "errors_total" in m.get("provider", {}).get("prometheus", {}).get("query", "")]
     if not templates:
         pytest.skip("no AnalysisTemplate querying errors_total under deploy/k8s yet")
+    canary = 'namespace="{{args.namespace}}", service="{{args.service}}", rollouts_pod_template_hash="{{args.canary-hash}}"'
     for query in templates:
-        without_selector = re.sub(r'\{service="\{\{\s*args\.service\s*\}\}"\}', "", query)
-        assert squeeze(without_selector) == squeeze(ERROR_RATIO), query
+        # The alert's ratio narrowed to the canary: its namespace, service and ReplicaSet.
+        assert query.count("{" + canary + "}") == 2, query
+        assert squeeze(query.replace("{" + canary + "}", "")) == squeeze(ERROR_RATIO), query
 
 
 # --- dashboards ------------------------------------------------------------------------------
@@ -187,7 +198,7 @@ def test_every_quantile_aggregates_buckets_by_le_and_service():
     assert quantiles
     for expr in quantiles:
         # Server-Sent Events last as long as the client stays: not request latency.
-        assert 'sum by (le, service) (rate(http_request_duration_seconds_bucket{route!~".*/events/stream.*"}[5m]))' \
+        assert 'sum by (le, namespace, service) (rate(http_request_duration_seconds_bucket{route!~".*/events/stream.*"}[5m]))' \
             in expr, expr
 
 
@@ -199,3 +210,71 @@ def test_every_dashboard_query_is_valid_promql(monitoring_tools, tmp_path):
     result = run("promtool", "check", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rules)} rules found" in result.stdout
+
+
+# --- environments ----------------------------------------------------------------------------
+
+def test_every_aggregation_by_service_keeps_the_namespace():
+    """One Prometheus may scrape staging and production: a sum by service alone would add one
+    environment's traffic and errors to the other's (environments.test.yml shows it over series)."""
+    exprs = [(rule.get("record") or rule["alert"], rule["expr"]) for rule in load_rules()]
+    exprs += [(f"{dashboard} / {panel}", expr) for dashboard, panel, expr in dashboard_exprs()]
+    for name, expr in exprs:
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in grouping.split(",")}
+            if labels & {"service", "job"}:
+                assert "namespace" in labels, f"{name}: groups by ({grouping}) without namespace: {expr}"
+
+
+def test_dashboards_filter_by_environment():
+    for path in DASHBOARDS:
+        variables = json.loads(path.read_text())["templating"]["list"]
+        assert [(v["name"], v["type"], v["datasource"]["uid"]) for v in variables] == [
+            ("environment", "adhoc", "prometheus")], path.name
+
+
+# --- metric names ----------------------------------------------------------------------------
+
+PROMQL_WORDS = {"by", "on", "ignoring", "without", "group_left", "group_right", "bool", "and", "or", "unless",
+                "offset", "le", "inf", "nan"}
+# Series no code of ours exports: Prometheus' own, the Python client's process collector, and
+# cert-manager's.
+FOREIGN_METRICS = {"up", "ALERTS", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                   "process_max_fds", "process_start_time_seconds",
+                   "certmanager_certificate_expiration_timestamp_seconds"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (functions, keywords, labels and literals aside)."""
+    text = re.sub(r'"[^"]*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|on|ignoring|without|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", text))
+    return {n for n in names if n.lower() not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhdwy]?|e\d+", n)}
+
+
+def exported_metrics() -> set[str]:
+    """Every series name the services export (prometheus_client's suffixes included), and the
+    names written out whole (metrics pushed by batch jobs)."""
+    found: set[str] = set()
+    for path in (ROOT / "src" / "prognetwork").rglob("*.py"):
+        text = path.read_text()
+        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"([a-z_:]+)"', text):
+            found |= {"Counter": {f"{name}_total"}, "Gauge": {name},
+                      "Histogram": {f"{name}_bucket", f"{name}_count", f"{name}_sum"},
+                      "Summary": {f"{name}_count", f"{name}_sum"}}[kind]
+        found |= set(re.findall(r'"([a-z_]+_(?:seconds|bytes|total))"', text))
+    return found
+
+
+def test_dashboards_and_rules_read_only_metrics_that_exist():
+    """A misspelt or removed metric makes a panel empty and an alert silent for ever."""
+    recorded = {rule["record"] for rule in load_rules() if "record" in rule}
+    known = exported_metrics() | recorded | FOREIGN_METRICS
+    queries = [(rule.get("record") or rule["alert"], rule["expr"]) for rule in load_rules()]
+    queries += [(f"{dashboard} / {panel}", expr) for dashboard, panel, expr in dashboard_exprs()]
+    unknown = {name: sorted(metric_names(expr) - known) for name, expr in queries if metric_names(expr) - known}
+    assert unknown == {}
+    assert metric_names('sum by (namespace, service) (rate(requests_total{route="/x"}[5m])) > bool 0.5') == {
+        "requests_total"}

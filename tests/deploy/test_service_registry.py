@@ -170,7 +170,8 @@ def test_its_pods_are_scraped_on_the_ops_port_under_its_name(k8s_render, folder,
     workload = workload_of(objects, name)
     (c,) = pod_spec(workload)["containers"]
     # prometheus.yml's discovery keeps the pod, scrapes its ops port and names the job after it.
-    (job,) = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    jobs = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    (job,) = [job for job in jobs if job["job_name"] == "kubernetes-pods"]
     target = relabel(discovered(workload, name, "10.1.2.3"), job["relabel_configs"])
     assert target is not None, f"prometheus.yml drops the pods of {name}"
     assert (target["job"], target["__address__"], target["__metrics_path__"]) == (

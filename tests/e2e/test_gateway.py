@@ -24,7 +24,7 @@ from tests.helpers.databases import DisposableRedis
 from tests.helpers.http import http_status, http_text, request_json
 from tests.helpers.polling import eventually
 from tests.helpers.processes import issuer_env, start_service
-from tests.helpers.stub_upstream import StubUpstream
+from tests.helpers.stub_upstream import ClosingUpstream, StubUpstream
 from tests.helpers.tokens import bearer, mint
 
 pytestmark = pytest.mark.e2e
@@ -240,14 +240,51 @@ def test_redis_outage_fails_open_for_reads_and_closed_for_writes(gateway_env, tm
         status, problem = request_json("POST", f"{gateway.url}/api/v1/auth/login",
                                        {"email": "x@example.com", "password": "whatever you like"})
         assert status == 503 and problem["type"].endswith("/rate-limiter-unavailable")
-        assert eventually(lambda: http_status(f"{gateway.ops_url}/readiness") == 503)
+        # Degraded, not unready: every gateway replica would be as degraded, and pulling them all
+        # from the load balancer would turn fewer guarantees into no service (kit.dependencies).
+        eventually(lambda: request_json("GET", f"{gateway.ops_url}/health")[1]["status"] == "degraded",
+                   what="/health to report Redis down")
+        assert http_status(f"{gateway.ops_url}/readiness") == 200
         metrics = http_text(f"{gateway.ops_url}/metrics")
+        assert 'dependency_up{dependency="redis",service="api-gateway"} 0.0' in metrics
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="allowed"\} [1-9]', metrics)
         assert re.search(r'gateway_ratelimit_unavailable_total\{decision="refused"\} [1-9]', metrics)
         redis.start()
         eventually(lambda: request_json("POST", f"{gateway.url}/api/v1/auth/login",
                                         {"email": "x@example.com", "password": "whatever you like"})[0] == 401,
                    what="writes accepted again once Redis is back")
+    finally:
+        gateway.stop()
+        redis.stop()
+
+
+def test_a_hung_redis_costs_a_bounded_wait_then_fails_fast_and_recovers(gateway_env, tmp_path):
+    redis = DisposableRedis(tmp_path)
+    gateway = start_service("api-gateway", {**gateway_env, "REDIS_URL": redis.url}, tmp_path)
+    try:
+        assert http_status(f"{gateway.url}/.well-known/jwks.json") == 200
+        redis.hang()
+        # Past the lease reserved before, reads need Redis: each is served all the same, and after
+        # a few timed-out commands the client's breaker answers for Redis at once (kit.cache).
+        reads = lease_size(DEFAULT_RATE_LIMITS["anonymous"].requests) + 1
+        assert [http_status(f"{gateway.url}/.well-known/jwks.json") for _ in range(reads)] == [200] * reads
+
+        def read_until_the_breaker_opens() -> bool:
+            assert http_status(f"{gateway.url}/.well-known/jwks.json") == 200
+            return 'redis_breaker_open{client="api-gateway"} 1.0' in http_text(f"{gateway.ops_url}/metrics")
+
+        eventually(read_until_the_breaker_opens, timeout=30, what="the Redis breaker to open")
+        metrics = http_text(f"{gateway.ops_url}/metrics")
+        assert re.search(r'redis_breaker_openings_total\{client="api-gateway"\} [1-9]', metrics)
+        assert http_status(f"{gateway.ops_url}/readiness") == 200
+        status, problem = request_json("POST", f"{gateway.url}/api/v1/auth/login",
+                                       {"email": "x@example.com", "password": "whatever you like"})
+        assert status == 503 and problem["type"].endswith("/rate-limiter-unavailable")
+        redis.resume()
+        eventually(lambda: request_json("POST", f"{gateway.url}/api/v1/auth/login",
+                                        {"email": "x@example.com", "password": "whatever you like"})[0] == 401,
+                   what="writes accepted again once Redis answers")
+        assert 'redis_breaker_open{client="api-gateway"} 0.0' in http_text(f"{gateway.ops_url}/metrics")
     finally:
         gateway.stop()
         redis.stop()
@@ -272,6 +309,35 @@ def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key
         assert status == 504 and problem["type"].endswith("/upstream-timeout")
     finally:
         slow.stop()
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_request_that_met_a_closed_keep_alive_connection_is_sent_again_once(gateway_env, tmp_path, signing_key,
+                                                                             method):
+    """A pooled connection the upstream closed as the request arrived (a replica leaving, its
+    keep-alive ending): the request never reached the application, so even a POST is safe to
+    send again, once, on a fresh connection — the client sees one answer, not a 502."""
+    token = mint(signing_key, "u")
+    upstream = ClosingUpstream()
+    gateway = start_service("api-gateway", {**gateway_env, "EVENT_STREAMING_URL": upstream.url}, tmp_path)
+    try:
+        answers = [request_json(method, f"{gateway.url}/api/v1/events/echo", {"n": n}, headers=bearer(token))
+                   for n in range(3)]
+        assert [status for status, _ in answers] == [200, 200, 200], answers
+        counted = re.search(r'gateway_upstream_retries_total\{upstream="event-streaming"\} (\d+)',
+                            http_text(f"{gateway.ops_url}/metrics"))
+        retries = int(counted.group(1)) if counted else 0
+        if method == "GET":
+            # aiohttp sends an idempotent request again itself, on a new pooled connection, which
+            # the next request then meets closed in turn.
+            assert (upstream.answered, upstream.dropped, retries) == (3, 2, 0)
+        else:
+            # The second met the first's connection closed; the gateway's retry connection is
+            # not pooled, so the third opened its own.
+            assert (upstream.answered, upstream.dropped, retries) == (3, 1, 1)
+    finally:
+        gateway.stop()
+        upstream.close()
 
 
 def test_sse_passes_through_unbuffered_and_disconnect_closes_upstream(gateway, stub, signing_key):

@@ -23,10 +23,12 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[dict] = []
+        self.paths: set[str] = set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
+                receiver.paths.add(self.path)
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(self.rfile.read(int(self.headers["content-length"])))
                 for resource_spans in request.resource_spans:
@@ -71,7 +73,11 @@ def receiver():
 
 
 def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tmp_path, receiver):
-    env = {**service_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    # The variables the manifests and the compose stack set (tests/deploy check they name these):
+    # the collector's base URL, and the gateway's sampling decision followed behind it.
+    env = {**service_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+           "OTEL_TRACES_SAMPLER_ARG": "1.0"}
     users = start_service("user-service", env, tmp_path)
     notifications = start_service("notification-service", env, tmp_path)
     gateway = start_service("api-gateway", {**env, **issuer_env(users.url), "NOTIFICATION_SERVICE_URL": notifications.url},
@@ -101,6 +107,8 @@ def test_one_trace_spans_gateway_users_postgres_and_the_consumer(service_env, tm
         consumer = next(s for s in spans if s["name"] == "handle user.email_verification_requested")
         # The consumer's span hangs under the user service's request, through the event log.
         assert by_id[consumer["parent"]]["service"] == "user-service"
+        # Where a collector's OTLP/HTTP receiver takes traces, below the configured base URL.
+        assert receiver.paths == {"/v1/traces"}
         # Logs carry the same trace id, so a log line leads to its trace.
         trace_id = spans[0]["trace_id"]
         assert any(json.loads(line).get("trace_id") == trace_id

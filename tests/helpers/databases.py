@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -86,7 +87,17 @@ class DisposableRedis:
         )
         eventually(lambda: accepts_connections(self.port, timeout=0.5), timeout=10, what="redis to listen")
 
+    def hang(self) -> None:
+        """SIGSTOP: the process keeps its sockets open and answers nothing (a hung server)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a hung one must run to die
             self.process.kill()
             self.process.wait(5)

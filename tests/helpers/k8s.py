@@ -50,3 +50,59 @@ def matches(selector: dict, labels: dict) -> bool:
         if not ok:
             return False
     return True
+
+
+# Pod Security Standards, `restricted` profile (what `pod-security.kubernetes.io/enforce: restricted`
+# makes the API server refuse), as of Kubernetes 1.33.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def restricted_violations(spec: dict) -> list[str]:
+    """Why a pod spec would be refused under the `restricted` Pod Security profile (none: admitted)."""
+    found = []
+    pod_context = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            found.append(f"{flag} is set")
+    for volume in spec.get("volumes", ()):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)} is not an allowed type")
+    if pod_context.get("runAsUser") == 0:
+        found.append("pod runs as user 0")
+    containers = [*spec.get("initContainers", ()), *spec.get("containers", ())]
+    for c in containers:
+        context = c.get("securityContext", {})
+        name = c["name"]
+        if context.get("privileged"):
+            found.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        if "ALL" not in context.get("capabilities", {}).get("drop", ()):
+            found.append(f"{name}: capabilities do not drop ALL")
+        if set(context.get("capabilities", {}).get("add", ())) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: adds capabilities")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            found.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser") == 0:
+            found.append(f"{name}: runs as user 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {})).get("type")
+        if seccomp not in {"RuntimeDefault", "Localhost"}:
+            found.append(f"{name}: seccompProfile is {seccomp}")
+        for port in c.get("ports", ()):
+            if port.get("hostPort"):
+                found.append(f"{name}: hostPort {port['hostPort']}")
+    return found
+
+
+def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(kind/name, pod spec) of every object that makes pods: workloads, Jobs and CronJobs."""
+    found = []
+    for obj in objects:
+        spec = obj.get("spec", {})
+        if obj["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if "template" in spec and "spec" in spec["template"]:
+            found.append((f"{obj['kind']}/{obj['metadata']['name']}", spec["template"]["spec"]))
+    return found

@@ -98,3 +98,52 @@ class StubUpstream:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class ClosingUpstream:
+    """An upstream that answers the first request on each connection (keep-alive) and, when a
+    second one arrives on that connection, closes it unanswered — as a server does when it
+    closes an idle keep-alive connection just as the client reuses it (a replica shutting down,
+    or its keep-alive timeout)."""
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.dropped = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        assert started.wait(10), "closing upstream did not start"
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        started.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for turn in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                if turn == 1:
+                    self.dropped += 1
+                    return
+                self.answered += 1
+                body = b'{"answered": %d}' % self.answered
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -1,4 +1,6 @@
-"""Readiness follows the real dependencies: down → 503 naming them, back → 200."""
+"""Readiness means "send me traffic" (kit.dependencies): PostgreSQL down → 503 naming it, back →
+200; Redis down leaves the service ready (it degrades around Redis) and shows in /health and
+`dependency_up`."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ async def readiness(client) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
-async def test_readiness_flips_with_postgres_and_redis(serve_app, make_settings, own_servers):
+async def test_postgres_gates_readiness_and_redis_only_degrades_health(serve_app, make_settings, own_servers):
     from prognetwork.users.app import create_app
 
     pg, redis = own_servers
@@ -46,31 +48,47 @@ async def test_readiness_flips_with_postgres_and_redis(serve_app, make_settings,
         status, body = await readiness(client)
         return body if status == code else None
 
+    async def health_says(status: str):
+        body = (await client.get("/health")).json()
+        return body if body["status"] == status else None
+
     body = await eventually_async(lambda: status_is(200))
-    assert body["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert body["checks"] == {"postgres": "ok"}
+    body = await eventually_async(lambda: health_says("ok"), what="/health with every dependency checked")
+    assert body["dependencies"] == {"postgres": "ok", "redis": "ok"}
 
     redis.stop()
-    body = await eventually_async(lambda: status_is(503), what="503 with Redis down")
-    assert body["checks"]["postgres"] == "ok" and body["checks"]["redis"].startswith("unreachable")
-    assert "redis" in body["detail"] and body["type"].endswith("/not-ready")
-    assert (await client.get("/health")).status_code == 200  # liveness never depends on others
+    body = await eventually_async(lambda: health_says("degraded"), what="/health to report Redis down")
+    assert body["dependencies"]["redis"].startswith("unreachable") and body["dependencies"]["postgres"] == "ok"
+    assert _dependency_up("user-service", "redis") == 0
+    status, body = await readiness(client)
+    assert status == 200, body  # every replica would be as degraded: none leaves the balancer
+    assert body["dependencies"]["redis"].startswith("unreachable")
     login = await client.post("/v1/auth/login", json={"email": "a@example.com", "password": "whatever it is"})
     assert login.status_code == 503 and login.headers["retry-after"]
     assert login.json()["type"].endswith("/dependency-unavailable")
 
     redis.start()
-    await eventually_async(lambda: status_is(200), what="200 with Redis back")
+    await eventually_async(lambda: health_says("ok"), what="/health with Redis back")
+    assert _dependency_up("user-service", "redis") == 1
 
     pg.stop()
     body = await eventually_async(lambda: status_is(503), what="503 with PostgreSQL down")
-    assert body["checks"]["redis"] == "ok" and body["checks"]["postgres"].startswith("unreachable")
-    assert (await client.get("/health")).status_code == 200
+    assert body["checks"]["postgres"].startswith("unreachable")
+    assert "postgres" in body["detail"] and body["type"].endswith("/not-ready")
+    assert (await client.get("/health")).status_code == 200  # liveness never depends on others
     register = await client.post("/v1/auth/register",
                                  json={"email": "b@example.com", "password": "long enough pw", "name": "B"})
     assert register.status_code == 503 and register.json()["type"].endswith("/dependency-unavailable")
 
     pg.start()
     await eventually_async(lambda: status_is(200), what="200 with PostgreSQL back")
+
+
+def _dependency_up(service: str, dependency: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("dependency_up", {"service": service, "dependency": dependency})
 
 
 async def test_readiness_fails_until_migrations_are_applied(serve_app, make_settings, servers):

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import KEY_PREFIX, Revocations
 from tests.helpers.accounts import PASSWORD, login, register, unique_email, verification_token, verified_user
+from tests.helpers.polling import eventually_async
 from tests.helpers.problems import assert_problem
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -278,6 +279,13 @@ async def test_prog_users_disable_and_enable(users, db, service_env):
     email, tokens = await signed_in(users, db)
     disabled = in_thread(run_prog, service_env, "users", "disable", email.upper())
     assert disabled.returncode == 0 and "disabled" in disabled.stdout, disabled.stderr
+
+    async def refused():
+        response = await users.get("/v1/users/me", headers=bearer(tokens))
+        return response.status_code == 401 or None
+
+    # The CLI's revocation reaches the service's followed copy when its follower reads the message.
+    await eventually_async(refused, what="the signed-out token refused")
     await assert_signed_out(users, tokens)
     assert_problem(await login(users, email), 403, "account-disabled")
     enabled = in_thread(run_prog, service_env, "users", "enable", email)

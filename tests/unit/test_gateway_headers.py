@@ -180,3 +180,12 @@ async def test_every_relayed_response_carries_the_security_headers():
 async def test_rate_limit_headers_report_the_window_unless_the_limiter_was_down(decision, expected):
     out = await relayed([], decision)
     assert {name: values(out, name) for name in expected} == expected
+
+
+def test_the_gateway_lets_go_of_idle_upstream_connections_before_the_upstream_does():
+    """A pooled connection the upstream closes as a request goes out is a 502 or a retry;
+    closing idle ones first leaves only a replica's shutdown to race with (kit/server.py)."""
+    from prognetwork.gateway.proxy import KEEPALIVE_SECONDS
+    from prognetwork.kit.server import KEEP_ALIVE_SECONDS
+
+    assert KEEPALIVE_SECONDS < KEEP_ALIVE_SECONDS

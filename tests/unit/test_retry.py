@@ -118,12 +118,26 @@ async def test_a_failing_step_resumes_on_each_wake_up_without_waiting_out_its_ba
 
     loop = asyncio.create_task(run_forever(backoff, step, stop, idle=HOUR, wake=wake))
     for failures in (1, 2, 3):
-        await eventually_async(lambda n=failures: _true(backoff.attempt == n), what=f"failure {failures}")
+        await eventually_async(lambda n=failures: _true(calls == n and backoff.attempt == 1),
+                               what=f"failure {failures}")
         wake.set()
     await eventually_async(lambda: _true(loop.done()), what="the step after the last wake-up")
     loop.result()
     assert calls == 4
     assert backoff.resumed == {Resumed.WOKEN: 3} and backoff.attempt == 0
+
+
+async def test_a_wake_up_starts_the_pace_again_from_base():
+    """After an outage the first attempt often fails once more (a pooled connection from before
+    it); that retry must come after `base`, not after the delay the outage had grown to."""
+    backoff = Backoff("test.pace", base=0.2, cap=HOUR, jitter=half)
+    for _ in range(20):
+        backoff.failed(ERROR)
+    assert backoff.ceiling() == HOUR
+    stop, wake = asyncio.Event(), asyncio.Event()
+    wake.set()
+    assert await backoff.wait(ERROR, stop, wake) is Resumed.WOKEN
+    assert not wake.is_set() and backoff.failed(ERROR) == 0.1
 
 
 async def test_only_the_recovered_event_ends_a_retry_when_one_is_given():

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from prognetwork.kit.secrets import DirectorySource, EnvironmentSource, MissingSecret, Secrets, build_secrets
+import threading
+
+import pytest
+
+from prognetwork.kit.secrets import (
+    REFRESH_MIN_AGE,
+    DirectorySource,
+    EnvironmentSource,
+    MissingSecret,
+    Secrets,
+    SecretsUnavailable,
+    build_secrets,
+)
+from tests.helpers.polling import eventually
 
 
 class Clock:
@@ -62,3 +75,71 @@ def test_values_never_in_repr_or_errors(tmp_path):
         assert "OTHER" in str(exc)
     else:
         raise AssertionError("missing secret not reported")
+
+
+class CountingSource:
+    """A store whose value the test sets, counting reads; `fail` makes it unreadable."""
+
+    def __init__(self, value: str | None = "first") -> None:
+        self.value = value
+        self.reads = 0
+        self.fail = False
+        self.release = threading.Event()
+        self.release.set()
+
+    def fetch(self, name: str) -> str | None:
+        self.reads += 1
+        self.release.wait(10)
+        if self.fail:
+            raise SecretsUnavailable("the store cannot be read (test)")
+        return self.value
+
+
+def test_refresh_reads_again_at_once_but_not_more_than_once_a_second():
+    clock, source = Clock(), CountingSource()
+    secrets = Secrets([source], ttl=3600, clock=clock)
+    assert secrets.require("DATABASE_URL").get_secret_value() == "first"
+    source.value = "rotated"
+    clock.now += 5
+    assert secrets.get("DATABASE_URL").get_secret_value() == "first"  # the cache holds for an hour
+    assert secrets.refresh("DATABASE_URL").get_secret_value() == "rotated"
+    reads = source.reads
+    clock.now += REFRESH_MIN_AGE / 2
+    assert secrets.refresh("DATABASE_URL").get_secret_value() == "rotated"  # many refusals, one read
+    assert source.reads == reads
+
+
+def test_a_value_read_before_is_served_while_the_store_is_unreadable():
+    clock, source = Clock(), CountingSource()
+    secrets = Secrets([source], ttl=10, clock=clock)
+    assert secrets.require("KEY").get_secret_value() == "first"
+    source.fail = True
+    clock.now += 11
+    assert secrets.require("KEY").get_secret_value() == "first"
+    with pytest.raises(SecretsUnavailable, match="cannot be read"):
+        secrets.get("NEVER_READ")
+
+
+def test_simultaneous_reads_of_one_secret_read_the_store_once():
+    source = CountingSource()
+    source.release.clear()
+    secrets = Secrets([source], ttl=60)
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda: answers.append(secrets.require("KEY").get_secret_value()))
+               for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    eventually(lambda: source.reads == 1, timeout=10, what="the first read to start")
+    source.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == ["first"] * 5 and source.reads == 1
+
+
+def test_configured_values_answer_after_the_store_and_before_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://from-environment/db")
+    secrets = build_secrets("file", tmp_path, 0, configured={"DATABASE_URL": "postgresql://configured/db"})
+    assert secrets.require("DATABASE_URL").get_secret_value() == "postgresql://configured/db"
+    (tmp_path / "DATABASE_URL").write_text("postgresql://stored/db")
+    assert secrets.require("DATABASE_URL").get_secret_value() == "postgresql://stored/db"
+    assert "secrets directory" in secrets.where() and secrets.where().endswith("the environment (NAME or NAME_FILE)")

@@ -30,13 +30,13 @@ SERIES = {
 class ServiceHealth:
     name: str
     url: str
-    state: str  # "ready", "not ready" or "unreachable"
+    state: str  # "ready", "degraded" (ready, a dependency failing), "not ready" or "unreachable"
     detail: str = ""
     series: dict[str, list[float]] = field(default_factory=dict)  # rate, errors, p95: oldest first
 
     @property
     def ok(self) -> bool:
-        return self.state == "ready"
+        return self.state in ("ready", "degraded")
 
     def latest(self, name: str) -> float | None:
         values = [v for v in self.series.get(name, []) if math.isfinite(v)]
@@ -62,6 +62,19 @@ async def readiness(http: aiohttp.ClientSession, name: str, ops_url: str) -> Ser
             except ValueError:
                 body = None
             if response.status == 200:
+                # Ready, and serving around whatever its dependencies report as failing.
+                failing = (
+                    {
+                        dependency: state
+                        for dependency, state in (body.get("dependencies") or {}).items()
+                        if state != "ok"
+                    }
+                    if isinstance(body, dict)
+                    else {}
+                )
+                if failing:
+                    degraded = "; ".join(f"{d}: {s}" for d, s in failing.items())
+                    return ServiceHealth(name, ops_url, "degraded", degraded)
                 return ServiceHealth(name, ops_url, "ready")
             detail = body.get("detail") if isinstance(body, dict) else None
             return ServiceHealth(name, ops_url, "not ready", str(detail or f"HTTP {response.status}"))

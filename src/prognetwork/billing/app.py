@@ -20,8 +20,18 @@ async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
     await runtime.jwks.keep_fresh(runtime.http, runtime.settings.jwks_refresh_seconds, lifecycle.stop)
 
 
+async def follow_revocations(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Signed-out sessions answered from a followed copy (kit.revocation): no Redis round trip per
+    # request, so neither a slow nor a hung Redis reaches the request path.
+    await runtime.revocations.follow(lifecycle.stop)
+
+
 def create_app(settings: BillingSettings | None = None) -> FastAPI:
     settings = settings or BillingSettings()
     return create_service_app(
-        SPEC, settings, [api.router, admin_api.router], runtime=open_runtime, background=[keep_keys_fresh]
+        SPEC,
+        settings,
+        [api.router, admin_api.router],
+        runtime=open_runtime,
+        background=[keep_keys_fresh, follow_revocations],
     )

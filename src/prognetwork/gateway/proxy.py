@@ -42,6 +42,7 @@ import asyncio
 import os
 import time
 import unicodedata
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,17 @@ UPSTREAM_RESPONSES = Counter(
 AUTH_FAILURES = Counter(
     "gateway_auth_failures", "Requests refused for a missing or invalid token.", ("reason",)
 )
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries",
+    "Requests sent again on a fresh connection after the first never reached the upstream.",
+    ("upstream",),
+)
+# Idle pooled connections are closed after this, before the upstream's own keep-alive timeout
+# (kit.server.KEEP_ALIVE_SECONDS) would close them under a request just being sent.
+KEEPALIVE_SECONDS = 15
+# [True] once the request took a pooled connection (`_PoolConnector`); a list, so that a copy of
+# the context (asyncio.wait_for runs the request in a task of its own) still writes to it.
+POOLED: ContextVar[list[bool]] = ContextVar("gateway_pooled_connection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,17 +364,49 @@ def match(routes: list[CompiledRoute], path: str) -> CompiledRoute | None:
     return None
 
 
+class _PoolConnector(aiohttp.TCPConnector):
+    """Notes in POOLED when a request goes out on a connection from the pool."""
+
+    async def _get(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super()._get(*args, **kwargs)
+        if connection is not None:
+            pooled = POOLED.get(None)
+            if pooled is not None:
+                pooled[0] = True
+        return connection
+
+
 def upstream_session() -> aiohttp.ClientSession:
     """The pooled client every upstream call goes through (close it when the gateway stops)."""
-    connector = aiohttp.TCPConnector(
-        limit=512, keepalive_timeout=30, ttl_dns_cache=30, enable_cleanup_closed=True
+    connector = _PoolConnector(
+        limit=512, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=30, enable_cleanup_closed=True
     )
+    return _session(connector)
+
+
+def retry_session() -> aiohttp.ClientSession:
+    """A client that opens a new connection for every request: for the one retry (`_send`)."""
+    return _session(aiohttp.TCPConnector(force_close=True, ttl_dns_cache=30))
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
     )
+
+
+def never_reached_upstream(exc: BaseException, pooled: bool) -> bool:
+    """Whether a failed request certainly did not reach the upstream's application, so sending
+    it again is safe whatever its method: the connection could not be opened, or a pooled
+    keep-alive connection turned out closed by the upstream (idle too long, or the replica
+    shutting down) before any answer. aiohttp retries the latter for idempotent methods on
+    its own, never for POST or PATCH."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return True
+    return pooled and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +417,7 @@ class Proxy:
     limiter: RateLimiter
     revocations: Revocations
     jwks: Jwks
+    retries: aiohttp.ClientSession  # retry_session(): a fresh connection for the one retry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: CompiledRoute = scope["route"]
@@ -411,17 +456,7 @@ class Proxy:
 
         started = time.perf_counter()
         try:
-            pending = self.session.request(
-                method,
-                target,
-                headers=outgoing,
-                data=body or None,
-                timeout=route.timeout,
-                allow_redirects=False,
-            )
-            upstream = await (
-                asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending
-            )
+            upstream = await self._send(route, method, target, outgoing, body)
         except TimeoutError:
             UPSTREAM_RESPONSES.labels(route.upstream, "504").inc()
             raise UPSTREAM_TIMEOUT(f"The {route.upstream} service did not answer in time.") from None
@@ -435,6 +470,36 @@ class Proxy:
             await _relay(upstream, route, decision, scope, receive, send)
         finally:
             upstream.release()
+
+    async def _send(
+        self, route: CompiledRoute, method: str, target: URL, headers: list[tuple[str, str]], body: bytes
+    ) -> aiohttp.ClientResponse:
+        """The upstream's response; sent once more, on a new connection, when the first attempt
+        never reached the upstream (`never_reached_upstream`). The body is already read whole."""
+        pooled = [False]
+        POOLED.set(pooled)
+        try:
+            return await self._request(self.session, route, method, target, headers, body)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not never_reached_upstream(exc, pooled[0]):
+                raise
+            UPSTREAM_RETRIES.labels(route.upstream).inc()
+            log.info("retrying on a fresh connection", upstream=route.upstream, error=type(exc).__name__)
+        return await self._request(self.retries, route, method, target, headers, body)
+
+    @staticmethod
+    async def _request(
+        session: aiohttp.ClientSession,
+        route: CompiledRoute,
+        method: str,
+        target: URL,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> aiohttp.ClientResponse:
+        pending = session.request(
+            method, target, headers=headers, data=body or None, timeout=route.timeout, allow_redirects=False
+        )
+        return await (asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> dict[str, Any]:
         value = next((v for k, v in headers if k == b"authorization"), None)

@@ -1,7 +1,8 @@
 """The app factory every service is built with.
 
 It gives each service the same operational surface: `/health` (liveness, no dependency
-calls), `/readiness` (dependencies reachable, schema migrated, not shutting down),
+calls; "degraded" with the dependencies' latest states), `/readiness` (what gates traffic —
+kit.dependencies states the rule — reachable, schema migrated, not shutting down),
 `/metrics`, `/docs`, request ids, JSON access logs, problem+json errors and a bounded request
 body. A served process answers OPS_PATHS on its ops port only, and only them there
 (kit/server.py); an app called directly (tests) answers every path.
@@ -14,7 +15,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -26,9 +27,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prognetwork.kit import db, migrations, problems, tracing
+from prognetwork.kit import credentials, db, dependencies, migrations, problems, tracing
 from prognetwork.kit import logging as kit_logging
 from prognetwork.kit.cache import TextRedis, create_redis
+from prognetwork.kit.dependencies import Check, run_checks
 from prognetwork.kit.metrics import ERRORS, REQUEST_DURATION, REQUESTS, UNMATCHED_ROUTE, watch_pools
 from prognetwork.kit.service import ServiceSpec
 from prognetwork.kit.settings import Settings
@@ -38,7 +40,6 @@ access_log = structlog.get_logger(ACCESS_LOGGER)
 QUIET_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 OPS_PATHS = QUIET_PATHS | {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-CHECK_TIMEOUT = 2.0
 
 
 @dataclass
@@ -71,15 +72,16 @@ class Connections:
         return self._redis
 
     def checks(self) -> dict[str, Check]:
-        """Readiness: every declared dependency answers (and the schema is migrated)."""
+        """Every declared dependency's check; kit.dependencies.GATING says which gate readiness."""
         found: dict[str, Check] = {}
         if self._database is not None:
             found["postgres"] = self._database.schema_problem
         if self._redis is not None:
             redis = self._redis
 
-            async def redis_answers() -> None:
+            async def redis_answers() -> str | None:
                 await redis.ping()
+                return None
 
             found["redis"] = redis_answers
         return found
@@ -87,8 +89,6 @@ class Connections:
 
 S = TypeVar("S", bound=Settings)
 R = TypeVar("R")
-# A readiness check: None when ready, else what is wrong (an exception means "unreachable").
-Check = Callable[[], Awaitable[str | None]]
 # Builds a service's typed runtime from its settings and connections; whatever it opens, it
 # closes when the context exits (the lifespan's end), never in a background job.
 RuntimeFactory = Callable[[S, Connections], AbstractAsyncContextManager[R]]
@@ -109,33 +109,48 @@ def create_service_app(
     length of the lifespan, and the operational surface every service shares."""
     lifecycle = Lifecycle()
     jobs = list(background)
-    probes: dict[str, Check] = {}
+    probes: dict[str, Check] = {}  # what gates readiness (kit.dependencies says which)
+    watched: dict[str, str] = {}  # every dependency's latest state, kept by dependencies.watch
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             database = redis = None
             if "postgres" in spec.needs:
+                # With a secret store, credentials are read per connection and re-read when
+                # refused (kit/credentials.py): a rotated password needs no restart.
                 database = await stack.enter_async_context(
-                    db.open_database(settings.database_dsn, settings.db_pool_size, migrations.head_revision())
+                    db.open_database(
+                        settings.database_dsn,
+                        settings.db_pool_size,
+                        migrations.head_revision(),
+                        credentials.postgres_connector(settings),
+                    )
                 )
                 tracing.instrument_engine(database.engine)
             if "redis" in spec.needs:
-                redis = create_redis(settings.redis_dsn)
+                redis_url, redis_auth = credentials.redis_auth(settings)
+                redis = create_redis(redis_url, spec.name, redis_auth)
                 stack.push_async_callback(redis.aclose)
             watch_pools(spec.name, database.engine if database else None, redis)
             connections = Connections(spec.name, database, redis)
             app.state.connections = connections
             built = await stack.enter_async_context(runtime(settings, connections))
             app.state.runtime = built
+            declared = connections.checks()
             probes.clear()
-            probes.update(connections.checks())
+            probes.update({name: check for name, check in declared.items() if name in dependencies.GATING})
             probes.update(checks(built) if checks else {})
             lifecycle.stop.clear()
             tasks = [
                 asyncio.create_task(job(built, lifecycle), name=getattr(job, "__name__", "job"))
                 for job in jobs
             ]
+            tasks.append(
+                asyncio.create_task(
+                    dependencies.watch(spec.name, declared, watched, lifecycle.stop), name="dependencies"
+                )
+            )
             try:
                 yield
             finally:
@@ -150,8 +165,15 @@ def create_service_app(
     problems.install(app)
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": spec.name}
+    async def health() -> dict[str, Any]:
+        # Liveness: always 200 while the process serves. The dependencies' states are the
+        # background watcher's latest (no call made here), "degraded" when one is failing.
+        degraded = any(state != "ok" for state in watched.values())
+        return {
+            "status": "degraded" if degraded else "ok",
+            "service": spec.name,
+            "dependencies": dict(watched),
+        }
 
     @app.get("/readiness", include_in_schema=False)
     async def readiness() -> Response:
@@ -161,8 +183,12 @@ def create_service_app(
         failing = {name: state for name, state in states.items() if state != "ok"}
         if failing:
             detail = "Not ready: " + "; ".join(f"{n}: {s}" for n, s in failing.items())
-            return problems.problem_response(503, detail, kind="not-ready", checks=states)
-        return JSONResponse({"status": "ready", "service": spec.name, "checks": states})
+            return problems.problem_response(
+                503, detail, kind="not-ready", checks=states, dependencies=dict(watched)
+            )
+        return JSONResponse(
+            {"status": "ready", "service": spec.name, "checks": states, "dependencies": dict(watched)}
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -178,23 +204,6 @@ def create_service_app(
             app, excluded_urls="/health,/readiness,/metrics", exclude_spans=["receive", "send"]
         )
     return app
-
-
-async def run_checks(probes: dict[str, Check]) -> dict[str, str]:
-    """Every readiness check at once, each bounded by CHECK_TIMEOUT: "ok" or what is wrong."""
-
-    async def run(check: Check) -> str:
-        try:
-            with tracing.untraced():
-                problem = await asyncio.wait_for(check(), CHECK_TIMEOUT)
-        except TimeoutError:
-            return "unreachable (timed out)"
-        except Exception as exc:  # any failure means "not ready"; say which
-            return f"unreachable ({type(exc).__name__})"
-        return problem or "ok"
-
-    results = await asyncio.gather(*(run(check) for check in probes.values()))
-    return dict(zip(probes, results, strict=True))
 
 
 async def write_session(request: Request) -> AsyncIterator[AsyncSession]:

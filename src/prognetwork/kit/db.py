@@ -9,7 +9,7 @@ round trip per lookup) and unable to write — `commit()` and `flush()` raise.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -40,7 +40,14 @@ def sqlalchemy_url(dsn: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+asyncpg", query=urlencode(query)))
 
 
-def create_engine(dsn: str, pool_size: int = 20) -> AsyncEngine:
+# Opens one asyncpg connection: given, it replaces connecting to the engine's URL (credentials
+# read per connection, kit/credentials.py).
+Connector = Callable[[], Awaitable[Any]]
+CONNECT_TIMEOUT = 5
+COMMAND_TIMEOUT = 30
+
+
+def create_engine(dsn: str, pool_size: int = 20, connect: Connector | None = None) -> AsyncEngine:
     # Up to twice the pool under bursts: waiting in SQLAlchemy's pool queue costs far more tail
     # latency than opening a few extra connections (measured: p99 1.0 s vs 0.22 s at 32
     # concurrent requests with 20 pooled connections).
@@ -49,12 +56,21 @@ def create_engine(dsn: str, pool_size: int = 20) -> AsyncEngine:
     # and that one request answers 503 — usually a readiness probe.
     # hide_parameters: a statement's bound values (password hashes, emails, tokens) stay out of
     # exception messages, so an error log line or traceback never carries them.
+    if connect is not None:
+        return create_async_engine(
+            "postgresql+asyncpg://",
+            async_creator=connect,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_timeout=5,
+            hide_parameters=True,
+        )
     return create_async_engine(
         sqlalchemy_url(dsn),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": COMMAND_TIMEOUT},
         hide_parameters=True,
     )
 
@@ -104,8 +120,10 @@ class Database:
 
 
 @asynccontextmanager
-async def open_database(dsn: str, pool_size: int, expected_revision: str | None) -> AsyncIterator[Database]:
-    engine = create_engine(dsn, pool_size)
+async def open_database(
+    dsn: str, pool_size: int, expected_revision: str | None, connect: Connector | None = None
+) -> AsyncIterator[Database]:
+    engine = create_engine(dsn, pool_size, connect)
     try:
         yield Database(engine, sessionmaker(engine), reader_sessionmaker(engine), expected_revision)
     finally:

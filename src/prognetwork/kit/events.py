@@ -30,11 +30,13 @@ from sqlalchemy import (
     DateTime,
     Identity,
     Index,
+    SmallInteger,
     String,
     Table,
     Uuid,
     func,
     insert,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -47,6 +49,7 @@ CHANNEL = "prog_events"
 APPEND_LOCK_KEY = 0x70726F67  # any constant shared by every writer
 PING_SECONDS = 5.0
 LISTEN_RETRY_CAP_SECONDS = 2.0
+RETRY_CAP_SECONDS = 5.0
 log = structlog.get_logger("prognetwork.events")
 
 events = Table(
@@ -65,6 +68,7 @@ events = Table(
     Index("ix_events_type_seq", "type", "seq"),
     Index("ix_events_user_id_seq", "user_id", "seq"),
     Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
+    Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
 )
 
 consumer_cursors = Table(
@@ -75,9 +79,27 @@ consumer_cursors = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Retention (jobs/retention.py) removes the oldest events, archived first; this row says how far.
+# Every event up to `through_seq` is gone: a reader resuming from before it has missed some.
+event_retention = Table(
+    "event_retention",
+    Base.metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False, server_default="1"),
+    Column("through_seq", BigInteger, nullable=False, server_default="0"),
+    Column("through_occurred_at", DateTime(timezone=True), nullable=True),
+    Column("removed", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+# The transaction-local setting under which the append-only trigger lets DELETE remove events
+# up to the sequence it holds (migration 0010); only the retention job sets it.
+RETENTION_SETTING = "prognetwork.event_retention_through"
+
 EVENTS_APPENDED = Counter("events_appended", "Events appended to the event log.", ("type",))
 EVENTS_CONSUMED = Counter("events_consumed", "Events handled by a durable consumer.", ("consumer", "type"))
 CONSUMER_POSITION = Gauge("event_consumer_position", "Last sequence a consumer handled.", ("consumer",))
+# The log's newest sequence as a consumer last read it (with each batch, before handling it), so
+# lag = head - position is measurable even while a handler keeps failing.
+EVENT_LOG_HEAD = Gauge("event_log_head_sequence", "Newest event sequence seen by a consumer.", ("consumer",))
 CONSUMER_FAILURES = Counter("event_consumer_failures", "Batches a consumer had to retry.", ("consumer",))
 
 
@@ -140,6 +162,11 @@ async def append(
     )
 
 
+async def retained_through(session: AsyncSession) -> int:
+    """The last sequence retention removed (0: none); events after it are all still here."""
+    return (await session.execute(select(event_retention.c.through_seq))).scalar() or 0
+
+
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
 
 _FETCH = """
@@ -181,8 +208,12 @@ class Consumer:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.after_commit = after_commit
-        # Failed batches are retried after 0.2 s doubling up to 30 s, unless PostgreSQL comes back sooner.
-        self.backoff = backoff or retry.Backoff(f"events.consumer:{name}", cap=30.0, traceback=True)
+        # Failed batches are retried after 0.2 s doubling up to RETRY_CAP_SECONDS, or at once when
+        # the listener reconnects (PostgreSQL is back). The cap bounds recovery when that sign is
+        # missed; a retry costs one connection attempt.
+        self.backoff = backoff or retry.Backoff(
+            f"events.consumer:{name}", cap=RETRY_CAP_SECONDS, traceback=True
+        )
         self.wake = asyncio.Event()
         self._fetch = text(_FETCH.format(type_filter="AND type = ANY(:types)" if types else ""))
 
@@ -232,6 +263,8 @@ class Consumer:
             if self.types:
                 params["types"] = list(self.types)
             rows = (await session.execute(self._fetch, params)).mappings().all()
+            if rows:
+                EVENT_LOG_HEAD.labels(self.name).set(rows[0]["head"])
             for row in rows:
                 event = Event(**{k: v for k, v in row.items() if k != "head"})
                 with tracing.continued(

@@ -22,6 +22,9 @@ ERRORS = Counter("errors", "HTTP requests answered with a 5xx status.", LABELS)
 UNMATCHED_ROUTE = "<unmatched>"
 
 DB_POOL = Gauge("db_pool_connections", "PostgreSQL pool connections by state.", ("service", "state"))
+# The most connections a process's pool may open (pool size + overflow): saturation is
+# db_pool_connections{state="checked_out"} over this.
+DB_POOL_MAX = Gauge("db_pool_max_connections", "PostgreSQL pool size plus its overflow.", ("service",))
 REDIS_POOL = Gauge("redis_pool_connections", "Redis pool connections by state.", ("service", "state"))
 
 
@@ -32,6 +35,10 @@ def watch_pools(service: str, engine: Any | None, redis: Any | None) -> None:
         DB_POOL.labels(service, "checked_out").set_function(pool.checkedout)
         DB_POOL.labels(service, "idle").set_function(pool.checkedin)
         DB_POOL.labels(service, "overflow").set_function(lambda: max(0, pool.overflow()))
+        # QueuePool keeps its overflow limit private; a pool without one counts as its size.
+        DB_POOL_MAX.labels(service).set_function(
+            lambda: pool.size() + max(0, getattr(pool, "_max_overflow", 0))
+        )
     if redis is not None:
         connections = redis.connection_pool
         # redis-py keeps these as private sets/lists; absent in another version means 0, not a crash.

@@ -24,6 +24,10 @@ OUTAGES = (RedisConnectionError, RedisTimeoutError, OperationalError, InterfaceE
 RETRY_AFTER_SECONDS = "5"
 # SQLSTATE class 22 (data exception): a value the database cannot take, e.g. NUL in text.
 DATA_EXCEPTION_CLASS = "22"
+# SQLSTATEs that say the server cannot serve now, not that the statement is wrong: connection
+# exceptions (class 08), shutting down or starting up (57P01-57P03), out of connections (53300).
+# The driver raises them as plain database errors, not as lost connections.
+OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 LOGGED_FRAMES = 8
 _LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")})
 _OURS = str(Path(__file__).resolve().parent.parent)
@@ -208,6 +212,8 @@ def install(app: FastAPI) -> None:
             statement=(exc.statement or "")[:500],
             stack=where[-LOGGED_FRAMES:],
         )
+        if sqlstate.startswith(OUTAGE_SQLSTATES):
+            return await _outage(request, exc)
         if sqlstate.startswith(DATA_EXCEPTION_CLASS):
             # Input that got past validation at the edge: the caller's to fix, not a server fault.
             log.warning("database rejected a value", **fields)

@@ -10,7 +10,10 @@ Invariants:
 - Every wait ends as soon as `stop` is set, so a backoff never holds up a shutdown, and as soon as
   its `wake` event is set: the caller's sign that trying again may now succeed (PostgreSQL
   reachable again, new work committed). A wake that ends a wait is consumed (cleared): each
-  wake-up buys one early attempt, so retries never come faster than the wake-ups do.
+  wake-up buys one early attempt, so retries never come faster than the wake-ups do. It also
+  starts the pace again from `base`: the first attempt after a dependency returns often fails
+  once more (a pooled connection from before the outage), and its retry must not wait out a
+  delay grown during the outage.
 - Every failure is logged with the loop's name, the attempt number and the delay before the next
   attempt, and counted in `loop_retries_total{loop=...}`.
 
@@ -126,6 +129,7 @@ class Backoff:
         resumed = await pause(self.failed(error), stop, wake)
         if resumed is Resumed.WOKEN and wake is not None:
             wake.clear()
+            self.attempt = 0
         self.resumed[resumed] += 1
         return resumed
 

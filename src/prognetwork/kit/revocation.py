@@ -8,8 +8,9 @@ verifier (the gateway and each service) checks the set right after the signature
 signed-out token stops working everywhere at once.
 
 How a verifier checks: by default, one EXISTS per request. A verifier that runs `follow`
-(the gateway, where that round trip was a fixed share of every request) keeps a copy of the
-set in memory instead: `revoke` also PUBLISHes the session ids on `CHANNEL`, the follower
+(every service does: the gateway, where that round trip was a fixed share of every request,
+and the services, so that a slow or hung Redis never sits on their request path) keeps a copy
+of the set in memory instead: `revoke` also PUBLISHes the session ids on `CHANNEL`, the follower
 subscribes, then loads every `auth:revoked:*` key (after subscribing, so nothing revoked in
 between is missed: it is either in the scan or in a message), and from then on answers from
 memory. Redis sends the message to every subscriber before it answers the PUBLISH, so by the
@@ -89,6 +90,12 @@ class Revocations:
             # see the keys, and one that subscribes later finds them in its scan.
             pipe.publish(CHANNEL, json.dumps({"ttl": ttl, "sids": sids}))
             await pipe.execute()
+        copy = self._copy
+        if copy is not None:
+            # This process's own copy knows at once; the others when their follower reads it.
+            expires = time.monotonic() + ttl
+            for sid in sids:
+                copy[sid] = expires
 
     async def is_revoked(self, sid: str) -> bool | None:
         """Whether the session was signed out; None when Redis cannot say (see the module's policy)."""

@@ -76,6 +76,10 @@ access_log = structlog.get_logger("prognetwork.access")
 # the answer before the client has read it.
 REFUSED_LINGER_SECONDS = 5.0
 STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
+# How long an idle client connection stays open. Clients that pool connections to us (the
+# gateway: gateway/proxy.py KEEPALIVE_SECONDS) close theirs sooner, so they never reuse one
+# this side is closing.
+KEEP_ALIVE_SECONDS = 30
 YOUNG_GC_THRESHOLD = 20_000  # allocations between collections of the young generation (Python: 700)
 
 
@@ -714,7 +718,7 @@ def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServerConfig:
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        timeout_keep_alive=30,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False,
         max_header_bytes=settings.max_header_bytes,
         max_header_count=settings.max_header_count,

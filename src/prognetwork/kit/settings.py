@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
-from functools import cached_property
+from collections.abc import Callable, Iterable
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from prognetwork.kit.secrets import Secrets, build_secrets
+from prognetwork.kit.secrets import (
+    AWS_REGION_MISSING,
+    AwsSecretsManagerSource,
+    Secrets,
+    SecretsUnavailable,
+    build_secrets,
+)
 
 Environment = Literal["development", "staging", "production"]
 
@@ -54,9 +60,15 @@ class Settings(BaseSettings):
     jwks_url: str = Field("http://127.0.0.1:3007/.well-known/jwks.json", alias="JWKS_URL")
     jwks_refresh_seconds: float = Field(300.0, alias="JWKS_REFRESH_SECONDS", gt=0)
 
-    secrets_backend: Literal["env", "file"] = Field("env", alias="SECRETS_BACKEND")
+    # env: the environment; file: SECRETS_DIR; aws: the AWS Secrets Manager secret
+    # SECRETS_AWS_SECRET_ID (default prognetwork/<PROG_ENV>/app), a JSON object of name: value.
+    # With file or aws, DATABASE_URL and REDIS_URL are read from there too, for each new
+    # connection (kit/credentials.py), so a rotated password needs no restart.
+    secrets_backend: Literal["env", "file", "aws"] = Field("env", alias="SECRETS_BACKEND")
     secrets_dir: Path = Field(Path("/run/secrets/prognetwork"), alias="SECRETS_DIR")
     secrets_cache_ttl_seconds: float = Field(300.0, alias="SECRETS_CACHE_TTL_SECONDS", ge=0)
+    secrets_aws_secret_id: str | None = Field(None, alias="SECRETS_AWS_SECRET_ID")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
 
     max_body_bytes: int = Field(1 << 20, alias="MAX_BODY_BYTES", ge=1024)
 
@@ -89,20 +101,39 @@ class Settings(BaseSettings):
 
     @property
     def database_dsn(self) -> str:
-        """The PostgreSQL URL as libpq/asyncpg spell it (`postgresql://…`)."""
-        url = self.database_url.get_secret_value() if self.database_url else DEV_DATABASE_URL
-        for prefix in ("postgresql+asyncpg://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql://" + url[len(prefix) :]
-        return url
+        """The PostgreSQL URL as libpq/asyncpg spell it (`postgresql://…`): the secret store's
+        current DATABASE_URL (file, aws), else the setting."""
+        return libpq_url(self._connection_url("DATABASE_URL", self.database_url) or DEV_DATABASE_URL)
 
     @property
     def redis_dsn(self) -> str:
-        return self.redis_url.get_secret_value() if self.redis_url else DEV_REDIS_URL
+        return self._connection_url("REDIS_URL", self.redis_url) or DEV_REDIS_URL
+
+    def _connection_url(self, name: str, configured: SecretStr | None) -> str | None:
+        if self.secrets_backend == "env":
+            return configured.get_secret_value() if configured else None
+        value = self.secrets.get(name)  # the store, then the setting (a ConfiguredSource)
+        return value.get_secret_value() if value else None
+
+    @property
+    def aws_secret_id(self) -> str:
+        """The AWS Secrets Manager secret holding this environment's secrets."""
+        return self.secrets_aws_secret_id or f"prognetwork/{self.env}/app"
 
     @cached_property
     def secrets(self) -> Secrets:
-        return build_secrets(self.secrets_backend, self.secrets_dir, self.secrets_cache_ttl_seconds)
+        configured = {
+            "DATABASE_URL": self.database_url.get_secret_value() if self.database_url else None,
+            "REDIS_URL": self.redis_url.get_secret_value() if self.redis_url else None,
+        }
+        return build_secrets(
+            self.secrets_backend,
+            self.secrets_dir,
+            self.secrets_cache_ttl_seconds,
+            aws_secret_id=self.aws_secret_id,
+            aws_region=self.aws_region,
+            configured=configured,
+        )
 
     def problems(self, needs: Iterable[str] = (), secrets: Iterable[str] = ()) -> list[str]:
         """Everything that makes this configuration unfit for its environment, for a service that
@@ -115,16 +146,33 @@ class Settings(BaseSettings):
             found.append("PROG_DEBUG must be off outside development")
         if self.log_format != "json":
             found.append("LOG_FORMAT must be json outside development (logs are shipped as JSON)")
+        if self.secrets_backend == "aws" and not self.aws_region:
+            found.append(AWS_REGION_MISSING)
         if "postgres" in needs:
-            found += _database_problems(self.database_url, self.env)
+            found += self._unreadable(
+                lambda: _database_problems(self._stored("DATABASE_URL", self.database_url), self.env)
+            )
         if "redis" in needs:
-            found += _redis_problems(self.redis_url, self.env)
+            found += self._unreadable(
+                lambda: _redis_problems(self._stored("REDIS_URL", self.redis_url), self.env)
+            )
         found += https_problems("JWT_ISSUER", self.jwt_issuer)
         found += _forwarded_problems(self.trusted_proxies)
-        found += self.own_problems()
+        found += self._unreadable(self.own_problems)
         for secret in secrets:
-            found += _secret_problems(self.secrets, secret)
-        return found
+            found += self._unreadable(partial(_secret_problems, self.secrets, secret))
+        return list(dict.fromkeys(found))  # a store that cannot be read is said once
+
+    def _stored(self, name: str, configured: SecretStr | None) -> SecretStr | None:
+        url = self._connection_url(name, configured)
+        return SecretStr(url) if url else None
+
+    def _unreadable(self, check: Callable[[], list[str]]) -> list[str]:
+        """`check`'s problems, or the one line saying why the secret store cannot be read."""
+        try:
+            return check()
+        except SecretsUnavailable as exc:
+            return [str(exc)]
 
     def own_problems(self) -> list[str]:
         """A service's settings add the checks of their own fields here (outside development only)."""
@@ -191,9 +239,22 @@ def _redis_problems(url: SecretStr | None, env: str) -> list[str]:
     return []
 
 
+def libpq_url(url: str) -> str:
+    """`postgresql+asyncpg://` and `postgres://` spelled as libpq and asyncpg spell it."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
 def _secret_problems(secrets: Secrets, name: str) -> list[str]:
     value = secrets.get(name)
     if value is None:
+        store = secrets.sources[0]
+        if isinstance(store, AwsSecretsManagerSource):
+            return [
+                f"secret {name} is missing (add it to {store} as a property, or set it in the environment)"
+            ]
         return [f"secret {name} is missing (set it in the environment or the secrets directory)"]
     text = value.get_secret_value().strip().lower()
     if len(text) < 16 or PLACEHOLDER.search(text):

@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import prognetwork.jobs.models  # noqa: F401  (registers the batch jobs' tables)
 import prognetwork.kit.audit  # noqa: F401  (registers the audit log's tables)
 import prognetwork.kit.events  # noqa: F401  (registers the event log's tables)
 from prognetwork.kit.db import Base, sqlalchemy_url

@@ -52,6 +52,12 @@ async def keep_keys_fresh(runtime: Runtime, lifecycle: Lifecycle) -> None:
     await runtime.jwks.keep_fresh(runtime.http, runtime.settings.jwks_refresh_seconds, lifecycle.stop)
 
 
+async def follow_revocations(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Signed-out sessions answered from a followed copy (kit.revocation): no Redis round trip per
+    # request, so neither a slow nor a hung Redis reaches the request path.
+    await runtime.revocations.follow(lifecycle.stop)
+
+
 def create_app(settings: NotificationSettings | None = None) -> FastAPI:
     settings = settings or NotificationSettings()
     provider = choose_provider(settings)  # at start: a missing SendGrid key fails here, not at first email
@@ -62,5 +68,5 @@ def create_app(settings: NotificationSettings | None = None) -> FastAPI:
         settings,
         routers,
         runtime=runtime_factory(provider),
-        background=[consume, deliver, keep_keys_fresh],
+        background=[consume, deliver, keep_keys_fresh, follow_revocations],
     )

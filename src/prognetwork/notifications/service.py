@@ -219,13 +219,13 @@ async def delivery_loop(
 ) -> None:
     """Deliver due messages until `stop`: at once while whole batches are due, otherwise every
     `idle_seconds` or on `wake`. A failed pass (PostgreSQL down) is retried after 0.2 s doubling
-    up to 10 s, or as soon as `wake` is set: new messages committed prove PostgreSQL is back."""
+    up to 5 s, or as soon as `wake` is set: new messages committed prove PostgreSQL is back."""
 
     async def deliver() -> bool:
         return await deliver_due(sessions, provider, settings) >= BATCH
 
     await retry.run_forever(
-        retry.Backoff("notifications.delivery", cap=10.0, traceback=True),
+        retry.Backoff("notifications.delivery", cap=5.0, traceback=True),
         deliver,
         stop,
         idle=idle_seconds,

@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query
 from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from prognetwork.kit.events import retained_through
 from prognetwork.kit.problems import AUTHENTICATED, BODY_TOO_LARGE, MALFORMED_REQUEST, problem_responses
 from prognetwork.kit.retry import wait_for
 from prognetwork.kit.validation import INT64_MAX, Text, ascii_digits_int
@@ -50,10 +52,23 @@ def parse_last_event_id(header: str | None, query: str | None) -> int | None:
     return after
 
 
+async def check_retained(db: AsyncSession, after: int, resume: str) -> None:
+    """410 when events after `after` were already removed by retention: the client missed some."""
+    through = await retained_through(db)
+    if after < through:
+        raise problems.EVENTS_GONE(
+            f"The events after {after} are no longer kept: the event log now starts after event {through}. "
+            f"Resync: reload the current state, then {resume}.",
+            retained_after=through,
+        )
+
+
 @router.get(
     "/v1/events/stream",
     summary="Server-Sent Events of the events the caller may see",
-    responses=problem_responses(*AUTHENTICATED, MALFORMED_REQUEST, problems.STREAM_UNAVAILABLE),
+    responses=problem_responses(
+        *AUTHENTICATED, MALFORMED_REQUEST, problems.EVENTS_GONE, problems.STREAM_UNAVAILABLE
+    ),
 )
 async def stream(
     runtime: RuntimeDep,
@@ -67,6 +82,9 @@ async def stream(
 ) -> Response:
     wanted = parse_types(types)
     after = parse_last_event_id(last_event_id_header, last_event_id)
+    if after is not None:
+        async with runtime.database.readers() as db:
+            await check_retained(db, after, "reconnect without Last-Event-ID")
     hub = runtime.hub
     if not hub.ready.is_set():
         await wait_for(hub.ready, READY_WAIT_SECONDS)
@@ -81,15 +99,21 @@ async def stream(
 @router.get(
     "/v1/events",
     summary="The events after a sequence number, for polling clients",
-    responses=problem_responses(*AUTHENTICATED, MALFORMED_REQUEST),
+    responses=problem_responses(*AUTHENTICATED, MALFORMED_REQUEST, problems.EVENTS_GONE),
 )
 async def poll(
     db: ReadOnlySession,
     viewer: Caller,
-    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+    after: Annotated[
+        int | None, Query(ge=0, le=INT64_MAX, description="Default: from the oldest event still kept")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_POLL)] = 100,
     types: Types = None,
 ) -> Response:
+    if after is None:
+        after = 0
+    else:
+        await check_retained(db, after, "poll without `after`")
     rows = await queries.visible_events(db, viewer, parse_types(types), after, limit)
     # The events' JSON comes rendered from PostgreSQL: joined, not parsed and re-encoded.
     body = b'{"events": [%s], "next_after": %d}' % (

@@ -47,6 +47,12 @@ def readiness(runtime: Runtime) -> dict[str, Check]:
     return {"jwks": keys_loaded, "event_log": tailing}
 
 
+async def follow_revocations(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Signed-out sessions answered from a followed copy (kit.revocation): no Redis round trip per
+    # request, so neither a slow nor a hung Redis reaches the request path.
+    await runtime.revocations.follow(lifecycle.stop)
+
+
 def create_app(settings: StreamingSettings | None = None) -> FastAPI:
     settings = settings or StreamingSettings()
     return create_service_app(
@@ -55,5 +61,5 @@ def create_app(settings: StreamingSettings | None = None) -> FastAPI:
         [api.router],
         runtime=open_runtime,
         checks=readiness,
-        background=[keep_keys_fresh, tail_event_log, heartbeat, end_streams_on_shutdown],
+        background=[keep_keys_fresh, follow_revocations, tail_event_log, heartbeat, end_streams_on_shutdown],
     )

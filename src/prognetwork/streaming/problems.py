@@ -12,3 +12,4 @@ IDEMPOTENCY_KEY_REUSED = ProblemType(
     422, "idempotency-key-reused", "The Idempotency-Key was used for a different event"
 )
 STREAM_UNAVAILABLE = ProblemType(503, "stream-unavailable", "The event stream is not available here")
+EVENTS_GONE = ProblemType(410, "events-gone", "The events after this position are no longer kept")

@@ -49,6 +49,12 @@ async def consume_billing(runtime: Runtime, lifecycle: Lifecycle) -> None:
     await consumer.run(lifecycle.stop)
 
 
+async def follow_revocations(runtime: Runtime, lifecycle: Lifecycle) -> None:
+    # Signed-out sessions answered from a followed copy (kit.revocation): no Redis round trip per
+    # request, so neither a slow nor a hung Redis reaches the request path.
+    await runtime.accounts.revocations.follow(lifecycle.stop)
+
+
 def create_app(settings: UsersSettings | None = None) -> FastAPI:
     settings = settings or UsersSettings()
     keys = KeyRing(settings)
@@ -58,5 +64,5 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
         settings,
         [api.router, tenant_api.router, admin_api.router, audit_api.router],
         runtime=runtime_factory(keys),
-        background=[purge_unverified, consume_billing, sign_checkpoints],
+        background=[purge_unverified, consume_billing, sign_checkpoints, follow_revocations],
     )
