@@ -110,8 +110,11 @@ class Balancers:
         self.wait_for_generation()
 
     def wait_for_generation(self) -> None:
-        deadline = time.monotonic() + 10
-        while _generation(self.url("api-gateway")) != str(self.generation):
+        """Until the new workers answer and the old ones have exited: an old worker still
+        accepting would route by the previous membership."""
+        assert self.process is not None
+        deadline = time.monotonic() + 30
+        while _generation(self.url("api-gateway")) != str(self.generation) or len(_children(self.process.pid)) > 1:
             if time.monotonic() > deadline:
                 raise SystemExit(f"nginx did not load configuration {self.generation}; see {self.directory}")
             time.sleep(0.02)
@@ -120,6 +123,19 @@ class Balancers:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (nginx's workers, for its master)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _generation(url: str) -> str | None:

@@ -311,30 +311,34 @@ def test_upstream_down_is_502_and_slow_is_504(gateway_env, tmp_path, signing_key
         slow.stop()
 
 
-@pytest.mark.parametrize("method", ["POST", "GET"])
-def test_a_request_that_met_a_closed_keep_alive_connection_is_sent_again_once(gateway_env, tmp_path, signing_key,
-                                                                             method):
-    """A pooled connection the upstream closed as the request arrived (a replica leaving, its
-    keep-alive ending): the request never reached the application, so even a POST is safe to
-    send again, once, on a fresh connection — the client sees one answer, not a 502."""
+@pytest.mark.parametrize(("method", "keyed"), [("POST", True), ("POST", False), ("GET", False)])
+def test_a_request_that_met_a_closed_keep_alive_connection_is_sent_again_only_when_safe(
+    gateway_env, tmp_path, signing_key, method, keyed
+):
+    """A pooled connection the upstream closed as the request arrived (a replica leaving): sent
+    once more on a fresh connection when repeating it is safe — an idempotent method, or an
+    Idempotency-Key the upstream deduplicates — and otherwise 502, since an upstream that died
+    while handling it would look the same."""
     token = mint(signing_key, "u")
+    headers = {**bearer(token), **({"Idempotency-Key": uuid.uuid4().hex} if keyed else {})}
     upstream = ClosingUpstream()
     gateway = start_service("api-gateway", {**gateway_env, "EVENT_STREAMING_URL": upstream.url}, tmp_path)
     try:
-        answers = [request_json(method, f"{gateway.url}/api/v1/events/echo", {"n": n}, headers=bearer(token))
-                   for n in range(3)]
-        assert [status for status, _ in answers] == [200, 200, 200], answers
+        statuses = [request_json(method, f"{gateway.url}/api/v1/events/echo", {"n": n}, headers=headers)[0]
+                    for n in range(3)]
         counted = re.search(r'gateway_upstream_retries_total\{upstream="event-streaming"\} (\d+)',
                             http_text(f"{gateway.ops_url}/metrics"))
         retries = int(counted.group(1)) if counted else 0
         if method == "GET":
             # aiohttp sends an idempotent request again itself, on a new pooled connection, which
             # the next request then meets closed in turn.
-            assert (upstream.answered, upstream.dropped, retries) == (3, 2, 0)
-        else:
+            assert (statuses, upstream.answered, upstream.dropped, retries) == ([200] * 3, 3, 2, 0)
+        elif keyed:
             # The second met the first's connection closed; the gateway's retry connection is
             # not pooled, so the third opened its own.
-            assert (upstream.answered, upstream.dropped, retries) == (3, 1, 1)
+            assert (statuses, upstream.answered, upstream.dropped, retries) == ([200] * 3, 3, 1, 1)
+        else:
+            assert (statuses, upstream.answered, upstream.dropped, retries) == ([200, 502, 200], 2, 1, 0)
     finally:
         gateway.stop()
         upstream.close()

@@ -160,3 +160,28 @@ async def test_a_subscription_redis_py_remakes_on_its_own_is_reported_before_it_
     finally:
         await subscription.aclose()
         await admin.aclose()
+
+
+async def test_a_hung_redis_sets_the_copy_aside_and_it_is_trusted_again_once_redis_answers(tmp_path):
+    """A subscription whose connection hangs reads nothing, forever: the follower's heartbeat
+    notices, and checks go back to asking Redis (fail closed for writes) instead of trusting a
+    copy that no longer learns of revocations."""
+    from tests.helpers.databases import DisposableRedis
+
+    redis = DisposableRedis(tmp_path)
+    hung = Follower(redis.url)
+    try:
+        hung.start()
+        await eventually_async(hung.following, what="the follower to trust its copy")
+        redis.hang()
+
+        async def set_aside() -> bool:
+            return not hung.revocations.following
+
+        await eventually_async(set_aside, timeout=30, what="the copy set aside while Redis hangs")
+        redis.resume()
+        await eventually_async(hung.following, timeout=30, what="the copy trusted again")
+    finally:
+        redis.resume()
+        await hung.close()
+        redis.stop()

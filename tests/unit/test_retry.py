@@ -118,8 +118,7 @@ async def test_a_failing_step_resumes_on_each_wake_up_without_waiting_out_its_ba
 
     loop = asyncio.create_task(run_forever(backoff, step, stop, idle=HOUR, wake=wake))
     for failures in (1, 2, 3):
-        await eventually_async(lambda n=failures: _true(calls == n and backoff.attempt == 1),
-                               what=f"failure {failures}")
+        await eventually_async(lambda n=failures: _true(backoff.attempt == n), what=f"failure {failures}")
         wake.set()
     await eventually_async(lambda: _true(loop.done()), what="the step after the last wake-up")
     loop.result()
@@ -136,8 +135,14 @@ async def test_a_wake_up_starts_the_pace_again_from_base():
     assert backoff.ceiling() == HOUR
     stop, wake = asyncio.Event(), asyncio.Event()
     wake.set()
-    assert await backoff.wait(ERROR, stop, wake) is Resumed.WOKEN
+    assert await backoff.wait(ERROR, stop, wake, restart=True) is Resumed.WOKEN
     assert not wake.is_set() and backoff.failed(ERROR) == 0.1
+    # A wake-up that only means new work keeps the pace a lasting failure has reached.
+    for _ in range(20):
+        backoff.failed(ERROR)
+    wake.set()
+    assert await backoff.wait(ERROR, stop, wake) is Resumed.WOKEN
+    assert backoff.ceiling() == HOUR
 
 
 async def test_only_the_recovered_event_ends_a_retry_when_one_is_given():

@@ -96,3 +96,14 @@ def test_config_check_names_the_missing_region_in_one_line(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert [line for line in result.stdout.splitlines() if "AWS" in line] == [
         f"  - {AWS_REGION_MISSING} (user-service)"]
+
+
+def test_a_rotating_database_url_keeps_its_tls_setting_as_asyncpg_spells_it():
+    """`ssl=` (the SQLAlchemy dialect's spelling, accepted by the settings) would reach the
+    server as an unknown setting through a direct asyncpg connect, which refuses the login."""
+    from prognetwork.kit.settings import libpq_url
+
+    assert libpq_url("postgresql+asyncpg://u:p@db:5432/app?ssl=verify-full") == (
+        "postgresql://u:p@db:5432/app?sslmode=verify-full"
+    )
+    assert libpq_url("postgresql://u@/app?host=/run/pg") == "postgresql://u@/app?host=/run/pg"

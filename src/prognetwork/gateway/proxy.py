@@ -114,9 +114,10 @@ UPSTREAM_RESPONSES = Counter(
 AUTH_FAILURES = Counter(
     "gateway_auth_failures", "Requests refused for a missing or invalid token.", ("reason",)
 )
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 UPSTREAM_RETRIES = Counter(
     "gateway_upstream_retries",
-    "Requests sent again on a fresh connection after the first never reached the upstream.",
+    "Requests sent again on a fresh connection after the first got no answer (safe_to_send_again).",
     ("upstream",),
 )
 # Idle pooled connections are closed after this, before the upstream's own keep-alive timeout
@@ -398,15 +399,22 @@ def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
     )
 
 
-def never_reached_upstream(exc: BaseException, pooled: bool) -> bool:
-    """Whether a failed request certainly did not reach the upstream's application, so sending
-    it again is safe whatever its method: the connection could not be opened, or a pooled
-    keep-alive connection turned out closed by the upstream (idle too long, or the replica
-    shutting down) before any answer. aiohttp retries the latter for idempotent methods on
-    its own, never for POST or PATCH."""
+def safe_to_send_again(exc: BaseException, pooled: bool, method: str, idempotency_key: bool) -> bool:
+    """Whether a request that got no answer may be sent once more.
+
+    - The connection could not be opened: nothing was sent, whatever the method.
+    - A pooled keep-alive connection broke before any answer: usually the upstream had closed
+      it (a replica shutting down) and never read the request, but an upstream that died while
+      handling it looks the same. So only a request that is safe to repeat: an idempotent method
+      (aiohttp already retried those once on a pooled connection), or one carrying an
+      Idempotency-Key, which the upstream deduplicates. Services close their connections
+      themselves while they drain (`Connection: close`, kit.server), which keeps this rare.
+    """
     if isinstance(exc, aiohttp.ClientConnectorError):
         return True
-    return pooled and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+    if not pooled or not isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return False
+    return method in IDEMPOTENT_METHODS or idempotency_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,13 +483,14 @@ class Proxy:
         self, route: CompiledRoute, method: str, target: URL, headers: list[tuple[str, str]], body: bytes
     ) -> aiohttp.ClientResponse:
         """The upstream's response; sent once more, on a new connection, when the first attempt
-        never reached the upstream (`never_reached_upstream`). The body is already read whole."""
+        got no answer and sending it again is safe (`safe_to_send_again`). The body is read whole."""
         pooled = [False]
         POOLED.set(pooled)
         try:
             return await self._request(self.session, route, method, target, headers, body)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if not never_reached_upstream(exc, pooled[0]):
+            keyed = any(name.lower() == "idempotency-key" for name, _ in headers)
+            if not safe_to_send_again(exc, pooled[0], method, keyed):
                 raise
             UPSTREAM_RETRIES.labels(route.upstream).inc()
             log.info("retrying on a fresh connection", upstream=route.upstream, error=type(exc).__name__)

@@ -117,9 +117,11 @@ class Guarded(AbstractConnection):
         self._admit()
         try:
             await super().connect_check_health(check_health, retry_socket_connect)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._count(exc)
+            raise
+        except BaseException:
             self.admitted = False
-            self.breaker.failed()
             raise
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -127,7 +129,14 @@ class Guarded(AbstractConnection):
         try:
             await super().send_packed_command(command, check_health)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self._failed(exc)
+            # A connection that breaks in use says little (Redis closed it while idle, or
+            # restarted since): the retry on a fresh connection decides. A timeout says Redis
+            # is not answering.
+            if isinstance(exc, RedisTimeoutError | TimeoutError):
+                self._count(exc)
+            raise
+        except BaseException:
+            self.admitted = False
             raise
 
     async def read_response(
@@ -145,9 +154,14 @@ class Guarded(AbstractConnection):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             # A read with a timeout of its own (pub/sub polling) may end quietly; only reads
             # bounded by the socket timeout say Redis is stalled.
-            if timeout is None:
-                self._failed(exc)
+            if timeout is None and isinstance(exc, RedisTimeoutError | TimeoutError):
+                self._count(exc)
             raise
+        except BaseException:
+            self.admitted = False
+            raise
+        if response is None and timeout is not None:
+            return response  # a poll that ended with nothing to read: no news of Redis either way
         self.admitted = False
         self.breaker.succeeded()
         return response
@@ -157,12 +171,12 @@ class Guarded(AbstractConnection):
             self.breaker.admit()
             self.admitted = True
 
-    def _failed(self, exc: BaseException) -> None:
-        # A connection that breaks in use says little (Redis closed it while idle, or restarted
-        # since): the retry on a fresh connection decides, and a connect that fails counts
-        # (connect_check_health). A timeout says Redis is not answering.
-        if isinstance(exc, RedisTimeoutError | TimeoutError):
-            self.admitted = False
+    def _count(self, exc: BaseException) -> None:
+        """One failure for the breaker, once per exception however many layers it crosses (a
+        read inside a send inside a connect's health check)."""
+        self.admitted = False
+        if not getattr(exc, "counted_by_breaker", False):
+            exc.counted_by_breaker = True  # type: ignore[attr-defined]
             self.breaker.failed()
 
 

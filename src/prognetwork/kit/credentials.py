@@ -82,11 +82,11 @@ def postgres_connector(
     url = RotatingSecret(settings.secrets, "DATABASE_URL", DEV_DATABASE_URL)
 
     async def connect() -> asyncpg.Connection:
-        dsn = libpq_url(await url.current())
+        held = await url.current()
         try:
-            return await asyncpg.connect(dsn, timeout=timeout, command_timeout=command_timeout)
+            return await asyncpg.connect(libpq_url(held), timeout=timeout, command_timeout=command_timeout)
         except REJECTED_LOGIN:
-            rotated = await url.reread(refused=dsn)
+            rotated = await url.reread(refused=held)
             if rotated is None:
                 raise
             log.info("database_credentials_reread", name=url.name)
@@ -166,3 +166,9 @@ def redis_auth(settings: Settings) -> tuple[str, dict[str, Any] | None]:
             await connection.connect_check_health(check_health=True, retry_socket_connect=False)
 
     return without_credentials(url), {"credential_provider": credentials, "redis_connect_func": authenticate}
+
+
+def listener_dsn(settings: Settings) -> str | Connector:
+    """What a LISTEN connection (kit.events) connects with: the URL, or with a rotating secrets
+    backend the same per-connection read (and re-read on a refused login) as the engine's."""
+    return postgres_connector(settings) or settings.database_dsn

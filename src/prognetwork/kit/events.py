@@ -191,7 +191,7 @@ class Consumer:
         self,
         name: str,
         sessions: async_sessionmaker[AsyncSession],
-        dsn: str,
+        dsn: Dsn,
         handler: Handler,
         *,
         types: frozenset[str] | None = None,
@@ -286,8 +286,22 @@ class Consumer:
         return len(rows)
 
 
+# Where a LISTEN connection (or the stream tailer's) connects: a URL, or a function opening a
+# connection — kit.credentials.listener_dsn gives one that reads the URL from the secrets
+# provider at each connect, so a listener reconnects after a password rotation.
+Dsn = str | Callable[[], Awaitable[asyncpg.Connection]]
+
+
+async def connect(dsn: Dsn, application_name: str) -> asyncpg.Connection:
+    if callable(dsn):
+        return await dsn()
+    return await asyncpg.connect(
+        dsn, timeout=5, command_timeout=30, server_settings={"application_name": application_name}
+    )
+
+
 async def listen(
-    dsn: str,
+    dsn: Dsn,
     wake: asyncio.Event,
     stop: asyncio.Event,
     *,
@@ -314,11 +328,9 @@ async def listen(
 
 
 async def _listen_until(
-    dsn: str, wake: asyncio.Event, stop: asyncio.Event, connected: Callable[[], None]
+    dsn: Dsn, wake: asyncio.Event, stop: asyncio.Event, connected: Callable[[], None]
 ) -> None:
-    conn = await asyncpg.connect(
-        dsn, timeout=5, server_settings={"application_name": "prognetwork-event-listener"}
-    )
+    conn = await connect(dsn, "prognetwork-event-listener")
     try:
         await conn.add_listener(CHANNEL, lambda *_: wake.set())
         connected()

@@ -10,10 +10,12 @@ Invariants:
 - Every wait ends as soon as `stop` is set, so a backoff never holds up a shutdown, and as soon as
   its `wake` event is set: the caller's sign that trying again may now succeed (PostgreSQL
   reachable again, new work committed). A wake that ends a wait is consumed (cleared): each
-  wake-up buys one early attempt, so retries never come faster than the wake-ups do. It also
-  starts the pace again from `base`: the first attempt after a dependency returns often fails
-  once more (a pooled connection from before the outage), and its retry must not wait out a
-  delay grown during the outage.
+  wake-up buys one early attempt, so retries never come faster than the wake-ups do. A wake-up
+  that is a sign of recovery (`restart`: a listener reconnected) also starts the pace again from
+  `base`: the first attempt after a dependency returns often fails once more (a pooled
+  connection from before the outage), and its retry must not wait out a delay grown during the
+  outage. A wake-up that only means "new work" does not, or a lasting failure would be retried
+  at every new piece of work.
 - Every failure is logged with the loop's name, the attempt number and the delay before the next
   attempt, and counted in `loop_retries_total{loop=...}`.
 
@@ -123,13 +125,20 @@ class Backoff:
         return self.delay
 
     async def wait(
-        self, error: BaseException, stop: asyncio.Event, wake: asyncio.Event | None = None
+        self,
+        error: BaseException,
+        stop: asyncio.Event,
+        wake: asyncio.Event | None = None,
+        *,
+        restart: bool = False,
     ) -> Resumed:
-        """After a failure: count it, log it and wait out the delay, or until `stop` or `wake`."""
+        """After a failure: count it, log it and wait out the delay, or until `stop` or `wake`
+        (with `restart`, a wake-up also starts the pace again from `base`)."""
         resumed = await pause(self.failed(error), stop, wake)
         if resumed is Resumed.WOKEN and wake is not None:
             wake.clear()
-            self.attempt = 0
+            if restart:
+                self.attempt = 0
         self.resumed[resumed] += 1
         return resumed
 
@@ -158,12 +167,13 @@ async def run_forever(
     separate `recovered` when `wake` fires regardless of the failure (a NOTIFY per event would
     not fix a failing handler, only make it fail faster). Cancellation propagates.
     """
+    restart = recovered is not None and recovered is not wake  # a sign of recovery, not of work
     recovered = wake if recovered is None else recovered
     while not stop.is_set():
         try:
             more = await step()
         except Exception as exc:  # any failure of a step is retried: the loop outlives it
-            await backoff.wait(exc, stop, recovered)
+            await backoff.wait(exc, stop, recovered, restart=restart)
             continue
         backoff.reset()
         if not more and await pause(idle, stop, wake) is Resumed.WOKEN and wake is not None:

@@ -23,8 +23,9 @@ used and every check is a round trip again. redis-py reconnects a subscription b
 resubscribes, and whatever was published in between would be lost to the copy: so any
 (re)connection of the subscription sets the copy aside at once, and the follower starts over
 (subscribe, then load). A connection that breaks is noticed as soon as its end is read; one
-that hangs silently, by the client's health check (a PING every 15 s, answered within its 2 s
-socket timeout) — the longest a copy can lag.
+that hangs silently, by the follower's heartbeat: after HEARTBEAT_SECONDS without a message it
+publishes one on HEARTBEAT_CHANNEL, and if nothing comes back through the subscription within
+HEARTBEAT_TIMEOUT_SECONDS, the copy is set aside — the longest a copy can lag.
 
 When Redis cannot be reached the check follows the gateway's rate-limit policy: safe methods
 (GET, HEAD, OPTIONS) are served — a signed-out token may read for the length of the outage —
@@ -54,6 +55,14 @@ from prognetwork.kit.problems import REVOCATION_CHECK_UNAVAILABLE
 log = structlog.get_logger("prognetwork.revocation")
 KEY_PREFIX = "auth:revoked:"
 CHANNEL = "auth:revoked"  # every revocation is also published here, for the followers
+# Each follower publishes here every HEARTBEAT_SECONDS and must hear a heartbeat (its own or
+# another's) on its subscription within HEARTBEAT_TIMEOUT_SECONDS: a subscription whose
+# connection hangs silently (a partition, a stopped Redis) would otherwise keep a copy trusted
+# that no longer learns of new revocations. A channel of its own, so a follower of an older
+# version, subscribed to CHANNEL only, never sees these.
+HEARTBEAT_CHANNEL = "auth:revoked:heartbeat"
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TIMEOUT_SECONDS = 3.0
 PRUNE_EVERY_SECONDS = 30.0  # expired ids leave a follower's copy at least this often
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BREAKER_SECONDS = 1.0
@@ -142,25 +151,36 @@ class Revocations:
     async def _follow(self, stop: asyncio.Event) -> bool:
         pubsub = _Subscription(self.redis, self._set_aside)
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(CHANNEL, HEARTBEAT_CHANNEL)
             connects = pubsub.connects
             copy = await self._load()
             # Messages that came during the scan wait in the connection: apply them before the
             # copy is trusted.
             while (message := await pubsub.get_message(timeout=0)) is not None:
-                _apply(copy, message)
+                if message["channel"] == CHANNEL:
+                    _apply(copy, message)
             if pubsub.connects != connects:
                 raise SubscriptionLost("the subscription was remade while the copy was loaded")
             self._copy = copy
             log.info("following revocations", revoked=len(copy))
-            pruned = time.monotonic()
+            pruned = heard = time.monotonic()
+            beat: float | None = None  # when our unanswered heartbeat went out
             while not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if pubsub.connects != connects:
                     raise SubscriptionLost("the subscription was remade: messages may have been missed")
-                if message is not None:
-                    _apply(copy, message)
                 now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    if message["channel"] == CHANNEL:
+                        _apply(copy, message)
+                if beat is not None and heard >= beat:
+                    beat = None
+                elif beat is not None and now - beat > HEARTBEAT_TIMEOUT_SECONDS:
+                    raise SubscriptionLost("no heartbeat came back on the subscription: it may be hung")
+                if beat is None and now - heard >= HEARTBEAT_SECONDS:
+                    beat = now
+                    await self.redis.publish(HEARTBEAT_CHANNEL, "1")
                 if now - pruned >= PRUNE_EVERY_SECONDS:
                     for sid in [sid for sid, expires in copy.items() if expires <= now]:
                         del copy[sid]

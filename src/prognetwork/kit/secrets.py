@@ -31,6 +31,8 @@ log = structlog.get_logger("prognetwork.secrets")
 # A refresh (after a rejected password) reuses a value read this recently: when many
 # connections are refused at once, one read answers them all.
 REFRESH_MIN_AGE = 1.0
+# After a failed read, the value held is served this long before the store is asked again.
+STALE_RETRY_SECONDS = 30.0
 AWS_REGION_MISSING = "SECRETS_BACKEND=aws needs a region: set AWS_REGION (or AWS_DEFAULT_REGION)"
 
 
@@ -241,6 +243,11 @@ class Secrets:
                 if stale is None:
                     raise
                 log.warning("secret_refresh_failed", name=name, error=str(exc))
+                # Served as if read now: the threads waiting on this read, and the reads of the
+                # next STALE_RETRY_SECONDS, take it instead of each waiting out a store that is
+                # not answering (seconds per attempt) one after the other.
+                with self._lock:
+                    self._cache[name] = (self.clock() - max(0.0, self.ttl - STALE_RETRY_SECONDS), stale[1])
                 return stale[1]
             secret = SecretStr(value) if value is not None else None
             with self._lock:

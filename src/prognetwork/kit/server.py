@@ -19,7 +19,8 @@ head whose body does not follow at once (a stream waiting for its first event) i
 the end of the event loop's turn.
 
 On SIGTERM: readiness answers 503 at once; the listeners keep serving for the drain delay
-(so the orchestrator removes the pod from its endpoints before connections are refused);
+(so the orchestrator removes the pod from its endpoints before connections are refused), every
+answer closing its connection (so pooled clients stop reusing them);
 then uvicorn stops accepting, lets in-flight requests finish within the shutdown timeout,
 runs the app's shutdown, and the process exits 0. SIGINT (Ctrl-C) skips the drain delay;
 a second one forces the exit.
@@ -119,6 +120,14 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self.lifecycle.draining = True
+        # Answers from now on close their connections, those in flight included (kit.server's
+        # protocol reads this): pooled clients such as the gateway stop reusing them, so none
+        # of their requests meets a connection closed under it when the drain ends.
+        self.server_state.draining = True  # type: ignore[attr-defined]
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
         delay = self.drain_seconds if sig == signal.SIGTERM else 0.0
         log.info("shutdown requested; draining", signal=signal.Signals(sig).name, drain_seconds=delay)
         if delay <= 0:
@@ -435,7 +444,11 @@ if HAS_HTTPTOOLS:
                 default_headers=self.server_state.default_headers,
                 message_event=asyncio.Event(),
                 expect_100_continue=self.expect_100_continue,
-                keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+                # While draining, every answer closes its connection (`connection: close`): the
+                # client opens its next one elsewhere instead of reusing one this side will close.
+                keep_alive=http_version != "1.0"
+                and parser.should_keep_alive()
+                and not getattr(self.server_state, "draining", False),
                 on_response=self.on_response_complete,
             )
             self.cycle.protocol = self

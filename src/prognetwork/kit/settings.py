@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -240,10 +240,18 @@ def _redis_problems(url: SecretStr | None, env: str) -> list[str]:
 
 
 def libpq_url(url: str) -> str:
-    """`postgresql+asyncpg://` and `postgres://` spelled as libpq and asyncpg spell it."""
+    """`postgresql+asyncpg://` and `postgres://` spelled as libpq and asyncpg spell it (and the
+    SQLAlchemy dialect's `ssl=` query parameter as `sslmode=`: asyncpg would send an unknown
+    parameter to the server as a setting, which refuses the login)."""
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
+            url = "postgresql://" + url[len(prefix) :]
+            break
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    if any(key == "ssl" for key, _ in query):
+        query = [("sslmode" if key == "ssl" else key, value) for key, value in query]
+        url = urlunsplit(parts._replace(query=urlencode(query)))
     return url
 
 

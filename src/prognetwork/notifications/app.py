@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from prognetwork.kit.app import Lifecycle, create_service_app
+from prognetwork.kit.credentials import listener_dsn
 from prognetwork.kit.events import Consumer
 from prognetwork.kit.secrets import MissingSecret
 from prognetwork.notifications import SPEC, admin_api, api, service
@@ -34,7 +35,7 @@ async def consume(runtime: Runtime, lifecycle: Lifecycle) -> None:
     consumer = Consumer(
         CONSUMER_NAME,
         runtime.database.sessions,
-        runtime.settings.database_dsn,
+        listener_dsn(runtime.settings),
         service.handle_event,
         types=service.HANDLED_TYPES,
         after_commit=runtime.wake_delivery.set,

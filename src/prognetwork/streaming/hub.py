@@ -19,7 +19,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from prognetwork.kit import retry
-from prognetwork.kit.events import listen
+from prognetwork.kit.events import Dsn, connect, listen
 from prognetwork.kit.retry import wait_for
 from prognetwork.streaming.queries import HEAD, TAIL
 from prognetwork.streaming.visibility import Viewer
@@ -122,7 +122,7 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, dsn: str, *, queue_limit: int, poll_seconds: float, heartbeat_seconds: float) -> None:
+    def __init__(self, dsn: Dsn, *, queue_limit: int, poll_seconds: float, heartbeat_seconds: float) -> None:
         self.dsn = dsn
         self.queue_limit = queue_limit
         self.poll_seconds = poll_seconds
@@ -210,18 +210,13 @@ class Hub:
                 try:
                     await self._tail(stop, backoff)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                    await backoff.wait(exc, stop, reconnected)
+                    await backoff.wait(exc, stop, reconnected, restart=True)
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
 
     async def _tail(self, stop: asyncio.Event, backoff: retry.Backoff) -> None:
-        conn = await asyncpg.connect(
-            self.dsn,
-            timeout=5,
-            command_timeout=30,
-            server_settings={"application_name": "prognetwork-stream-tailer"},
-        )
+        conn = await connect(self.dsn, "prognetwork-stream-tailer")
         try:
             if not self.ready.is_set():
                 # Nobody is subscribed yet, so nothing before the current head is owed to anyone.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from prognetwork.kit.app import Connections
+from prognetwork.kit.credentials import listener_dsn
 from prognetwork.kit.db import Database
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.revocation import Revocations
@@ -29,7 +30,7 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: StreamingSettings, connections: Connections) -> AsyncIterator[Runtime]:
     hub = Hub(
-        settings.database_dsn,
+        listener_dsn(settings),
         queue_limit=settings.stream_queue_limit,
         poll_seconds=settings.stream_poll_seconds,
         heartbeat_seconds=settings.stream_heartbeat_seconds,

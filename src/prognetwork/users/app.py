@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from prognetwork.kit import retry
 from prognetwork.kit.app import Lifecycle, create_service_app
+from prognetwork.kit.credentials import listener_dsn
 from prognetwork.kit.events import Consumer
 from prognetwork.users import SPEC, admin_api, api, audit_api, tenant_api
 from prognetwork.users.audit_log import sign_checkpoints
@@ -42,7 +43,7 @@ async def consume_billing(runtime: Runtime, lifecycle: Lifecycle) -> None:
     consumer = Consumer(
         BILLING_CONSUMER,
         runtime.database.sessions,
-        runtime.settings.database_dsn,
+        listener_dsn(runtime.settings),
         runtime.tenants.handle_billing_event,
         types=BILLING_EVENT_TYPES,
     )
