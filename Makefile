@@ -33,19 +33,32 @@ FUZZ_CASES ?= 2000
 fuzz: $(INSTALLED)
 	FUZZ_CASES_PER_SERVICE=$(FUZZ_CASES) $(BIN)/python -m pytest tests/e2e/test_fuzz.py -s $(PYTEST_ARGS)
 
-# Build every service image and run each against this machine's PostgreSQL and Redis (podman).
+# Build every service image and run each against this machine's PostgreSQL and Redis (podman);
+# then compose.yaml with its monitoring profile, on those images and Debian-built stand-ins for
+# the third-party ones (scripts/test-compose.sh; only when every service was built: no SERVICES).
 .PHONY: test-images
 test-images:
 	scripts/test-images.sh $(SERVICES)
+	$(if $(SERVICES),,scripts/test-compose.sh)
 
 # Benchmarks print a ratio against a baseline measured in the same run (not part of `make test`).
 .PHONY: bench-gateway
 bench-gateway: $(INSTALLED)
 	$(BIN)/python bench/gateway.py
 
+# GET /v1/users/me on the user service against a bare FastAPI + PyJWT + asyncpg endpoint.
+.PHONY: bench-users
+bench-users: $(INSTALLED)
+	$(BIN)/python bench/users.py
+
 .PHONY: bench-streaming
 bench-streaming: $(INSTALLED)
 	$(BIN)/python bench/streaming.py
+
+# 32 writers appending events (sequenced, checked by a reader) against plain inserts (about a minute).
+.PHONY: bench-events
+bench-events: $(INSTALLED)
+	$(BIN)/python bench/events.py
 
 # Event-log retention over 1 M generated events: archived and removed per second (a few minutes).
 .PHONY: bench-retention
@@ -64,12 +77,6 @@ bench-backup: $(INSTALLED)
 drill-dr: $(INSTALLED)
 	sh scripts/install-dr-tools.sh
 	$(BIN)/prog dr drill --duration 120
-
-# The backup alerts against a real Prometheus scraping a real Pushgateway that `prog backup`
-# pushed to (kept out of `make test`: tests/e2e/backup_alerts_check.py says why).
-.PHONY: test-backup-alerts
-test-backup-alerts: $(INSTALLED)
-	$(BIN)/python -m pytest tests/e2e/backup_alerts_check.py $(PYTEST_ARGS)
 
 # Fault drills (drills/): each starts a platform of its own on its own PostgreSQL and Redis,
 # breaks it on purpose and prints a timeline and one JSON line (README, "Drills").

@@ -6,12 +6,14 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -130,3 +132,31 @@ def wrk(url: str, seconds: int, connections: int, headers: dict[str, str],
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     return {"rps": rps, "p50_ms": percentile("50"), "p99_ms": percentile("99")}
+
+
+def measure(targets: dict[str, str], load: Load, headers: dict[str, str]) -> dict[str, dict]:
+    """Each target's median req/s, p50 and p99 over `load.rounds` interleaved rounds."""
+    for url in targets.values():
+        wrk(url, 2, load.connections, headers, load.cpus)  # warm-up: connection pools, caches
+    rounds: dict[str, list[dict]] = {name: [] for name in targets}
+    for _ in range(load.rounds):
+        for name, url in targets.items():
+            rounds[name].append(wrk(url, load.seconds, load.connections, headers, load.cpus))
+    return {name: {figure: round(statistics.median(r[figure] for r in runs), 2) for figure in runs[0]}
+            for name, runs in rounds.items()}
+
+
+@dataclass(frozen=True)
+class Load:
+    seconds: int  # per round and setup
+    rounds: int
+    connections: int
+    cpus: set[int] | None  # wrk's
+    server_cpus: set[int] | None  # the servers'
+
+
+def table(title: str, results: dict[str, dict]) -> None:
+    print(title)
+    print(f"  {'setup':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, r in results.items():
+        print(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -51,13 +49,15 @@ from tests.helpers.tokens import bearer, mint  # noqa: E402
 
 from bench.common import (  # noqa: E402
     REDIS_URL,
+    Load,
     Services,
     database,
     ensure_debian_packages,
     free_port,
+    measure,
     pinned,
     split_cpus,
-    wrk,
+    table,
 )
 from prognetwork.users.keys import generate_pem, load_key  # noqa: E402
 
@@ -121,34 +121,6 @@ def listening(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def measure(targets: dict[str, str], load: Load, headers: dict[str, str]) -> dict[str, dict]:
-    """Each target's median req/s, p50 and p99 over `load.rounds` interleaved rounds."""
-    for url in targets.values():
-        wrk(url, 2, load.connections, headers, load.cpus)  # warm-up: connection pools, caches
-    rounds: dict[str, list[dict]] = {name: [] for name in targets}
-    for _ in range(load.rounds):
-        for name, url in targets.items():
-            rounds[name].append(wrk(url, load.seconds, load.connections, headers, load.cpus))
-    return {name: {figure: round(statistics.median(r[figure] for r in runs), 2) for figure in runs[0]}
-            for name, runs in rounds.items()}
-
-
-@dataclass(frozen=True)
-class Load:
-    seconds: int  # per round and setup
-    rounds: int
-    connections: int
-    cpus: set[int] | None  # wrk's
-    server_cpus: set[int] | None  # the servers'
-
-
-def table(title: str, results: dict[str, dict]) -> None:
-    print(title)
-    print(f"  {'setup':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, r in results.items():
-        print(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
 
 
 def fast_upstream(state: Path, load: Load) -> dict[str, dict]:

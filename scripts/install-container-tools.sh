@@ -5,7 +5,10 @@
 set -euo pipefail
 
 # curl and psql: scripts/test-images.sh probes the containers and makes a throwaway database.
-PACKAGES=(podman runc uidmap slirp4netns fuse-overlayfs debootstrap ca-certificates curl postgresql-client)
+# The CNI dnsname plugin: containers on a compose network find each other by service name
+# (scripts/test-compose.sh).
+PACKAGES=(podman runc uidmap slirp4netns fuse-overlayfs debootstrap ca-certificates curl postgresql-client
+    golang-github-containernetworking-plugin-dnsname)
 CONF=/etc/containers/containers.conf
 
 missing=()

@@ -178,7 +178,7 @@ def test_the_cronjobs_commands_back_up_and_verify_in_their_pods_environment(k8s_
         aws.client("s3", region).create_bucket(Bucket=bucket)
         path = f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"
         run_env = {**aws.env, **env, "DATABASE_URL": database, "PATH": path, "HOME": os.environ.get("HOME", "/tmp"),
-                   # Nothing answers at the cluster's Pushgateway here: tests/e2e/backup_alerts_check.py has a real one.
+                   # Nothing answers at the cluster's Pushgateway here: tests/e2e/test_backup_alerts.py has a real one.
                    "PUSHGATEWAY_URL": ""}  # fmt: skip
         for name in JOBS:
             _, _, c = cron(objects, name)

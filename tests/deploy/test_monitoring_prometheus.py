@@ -75,7 +75,7 @@ def test_local_config_scrapes_every_service_on_its_ops_port():
     # The ops port is the only one serving /metrics (the API port answers it 404).
     config = yaml.safe_load((PROMETHEUS / "local.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    # Besides the services, the Pushgateway the batch jobs push to (tests/e2e/backup_alerts_check.py).
+    # Besides the services, the Pushgateway the batch jobs push to (tests/e2e/test_backup_alerts.py).
     assert targets.pop("pushgateway") == ["127.0.0.1:9091"]
     assert targets == {name: [f"127.0.0.1:{spec.ops_port}"] for name, spec in services().items()}
 

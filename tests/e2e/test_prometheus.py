@@ -11,11 +11,6 @@ import json
 import math
 import re
 import signal
-import subprocess
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,8 +23,8 @@ from tests.helpers.databases import DisposablePostgres, DisposableRedis, create_
 from tests.helpers.http import http_status, request_json
 from tests.helpers.monitoring import PROMETHEUS, alerts, dashboard_exprs, install_monitoring_tools, load_rules
 from tests.helpers.polling import eventually
-from tests.helpers.ports import free_port
 from tests.helpers.processes import start_service
+from tests.helpers.prometheus import Prometheus, running_prometheus, start_prometheus
 from tests.helpers.threads import in_thread
 
 pytestmark = pytest.mark.e2e
@@ -62,48 +57,6 @@ NO_DATA_HERE = {
 # Only user-service answered 5xx (its Redis was stopped): notification-service has no errors_total
 # series, so the agreed error ratio has no sample for it: empty, never NaN.
 ERRORS_ONLY_FROM = {"user-service"}
-
-
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen
-
-    def query(self, expr: str) -> list[dict]:
-        body = self.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        return body["data"]["result"]
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
-            body = json.loads(response.read())
-        assert body["status"] == "success", body
-        return body
-
-
-def start_prometheus(config: dict, directory: Path) -> Iterator[Prometheus]:
-    config_path = directory / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = open(directory / "prometheus.log", "wb")
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={config_path}", f"--storage.tsdb.path={directory / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
-    try:
-        eventually(lambda: process.poll() is not None or http_status(prometheus.url + "/-/ready") == 200,
-                   timeout=30, what="prometheus to become ready")
-        assert process.poll() is None, (directory / "prometheus.log").read_text()
-        yield prometheus
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
 
 
 def local_config(ports: dict[str, int]) -> dict:
@@ -227,10 +180,10 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
     prometheus_dir = tmp_path / "prometheus"
     prometheus_dir.mkdir()
     # local.yml's jobs are named as the services: the same names `prog serve` took.
-    started = start_prometheus(local_config({users.name: users.ops_port, notifications.name: notifications.ops_port}),
-                               prometheus_dir)
+    prometheus = None
     try:
-        prometheus = next(started)
+        prometheus = start_prometheus(
+            local_config({users.name: users.ops_port, notifications.name: notifications.ops_port}), prometheus_dir)
         eventually(lambda: {s["metric"]["job"] for s in prometheus.query("up == 1")} == STARTED,
                    timeout=20, what="both services scraped")
         # Scraped on their ops ports; the API ports have no /metrics.
@@ -285,7 +238,8 @@ def test_every_dashboard_query_and_rule_answers_then_service_down_goes_pending(
 
         assert eventually(down, timeout=30, interval=0.5, what="ServiceDown pending for user-service") == {"user-service"}
     finally:
-        started.close()
+        if prometheus is not None:
+            prometheus.stop()
         users.stop()
         notifications.stop()
         redis.stop()
@@ -327,9 +281,7 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
         pod("unannotated", "redis", "10.1.1.2", {}),
     ]
     (tmp_path / "pods.json").write_text(json.dumps(pods))
-    started = start_prometheus(config, tmp_path)
-    try:
-        prometheus = next(started)
+    with running_prometheus(config, tmp_path) as prometheus:
 
         def active() -> dict[str, tuple[str, str]] | None:
             targets = prometheus.get("/api/v1/targets?state=active")["data"]["activeTargets"]
@@ -339,5 +291,3 @@ def test_kubernetes_relabelling_turns_annotated_pods_into_service_jobs(monitorin
         assert eventually(active, timeout=20, interval=0.2) == {
             f"{name}-a": (name, f"http://{ip}:{services()[name].ops_port}/metrics") for name, ip in running.items()
         }
-    finally:
-        started.close()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import prometheus as prometheus_helpers
+from tests.helpers.monitoring import install_monitoring_tools
 from tests.helpers.paths import ROOT
 from tests.helpers.ports import free_port
 from tests.helpers.processes import ServiceProcess, issuer_env, start_service
@@ -132,50 +134,12 @@ def sign_in(client: httpx.Client, email: str, password: str = PASSWORD) -> httpx
                                        "next": "/users"})
 
 
-@dataclass
-class RunningPrometheus:
-    url: str
-    process: subprocess.Popen
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
-def start_prometheus(port: int, targets: dict[str, str], directory: Path) -> RunningPrometheus:
+def start_prometheus(port: int, targets: dict[str, str], directory: Path) -> prometheus_helpers.Prometheus:
     """A real Prometheus on `port` scraping each service's ops address every second (job = service name)."""
-    import yaml
-
-    from tests.helpers.http import http_status
-    from tests.helpers.monitoring import install_monitoring_tools
-    from tests.helpers.polling import eventually
-
     install_monitoring_tools()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": name, "static_configs": [{"targets": [address]}]}
                            for name, address in targets.items()],
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = directory / "prometheus.log"
-    process = subprocess.Popen(
-        ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-    )
-    running = RunningPrometheus(f"http://127.0.0.1:{port}", process, log)
-    try:
-        eventually(lambda: process.poll() is not None or http_status(running.url + "/-/ready") == 200,
-                   timeout=30, what="prometheus to become ready")
-        assert process.poll() is None, log.read_text()
-    except BaseException:
-        running.stop()
-        raise
-    return running
+    return prometheus_helpers.start_prometheus(config, directory, port)

@@ -18,11 +18,11 @@ RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
-TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool")  # Debian's binary names
+TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool", "prometheus-pushgateway")  # Debian's binary names
 
 
 def install_monitoring_tools() -> None:
-    """Install Prometheus and Alertmanager (and their CLIs) through the project's script."""
+    """Install Prometheus, Alertmanager (and their CLIs) and the Pushgateway through the project's script."""
     if all(shutil.which(tool) for tool in TOOLS):
         return
     result = subprocess.run(["sh", str(ROOT / "scripts" / "install-monitoring-tools.sh")], capture_output=True, text=True)

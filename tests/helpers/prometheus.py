@@ -1,4 +1,5 @@
-"""A real Prometheus for tests, fake scrape targets, and the scrape configs Kubernetes would give it.
+"""A real Prometheus (and Pushgateway) for tests, fake scrape targets, and the scrape configs
+Kubernetes would give it.
 
 Debian's Prometheus has no Kubernetes discovery: pods are described to it through file discovery
 with the `__meta_kubernetes_*` labels the pod discovery would set, so the relabelling under test
@@ -32,6 +33,7 @@ from tests.helpers.ports import free_port
 class Prometheus:
     url: str
     process: subprocess.Popen
+    log_path: Path
 
     def query(self, expr: str) -> list[dict]:
         return self.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))["data"]["result"]
@@ -42,13 +44,41 @@ class Prometheus:
         assert body["status"] == "success", body
         return body
 
+    def scraped(self, job: str) -> bool:
+        """Whether `job` has been scraped and is up (its first scrape waits for discovery's first
+        update, a few seconds after start)."""
+        return any(sample["value"][1] == "1" for sample in self.query(f'up{{job="{job}"}}'))
 
-@contextmanager
-def running_prometheus(config: dict, directory: Path) -> Iterator[Prometheus]:
-    """Prometheus on a free port with `config`, its data in `directory`; stopped on exit."""
+    def state(self) -> str:
+        """What this Prometheus scrapes and evaluates, for a failure message."""
+        targets = [(t["scrapeUrl"], t["health"], t["lastError"])
+                   for t in self.get("/api/v1/targets")["data"]["activeTargets"]]
+        rules = [(r["name"], r["state"], r["health"], r.get("lastError", ""))
+                 for g in self.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+        return f"targets {targets}; rules {rules}"
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def start_prometheus(config: dict, directory: Path, port: int | None = None) -> Prometheus:
+    """Prometheus with `config`, its data in `directory`, on `port` (a free one unless given);
+    returned once ready and proven to be this process (its config file is ours), so a port
+    taken meanwhile by another Prometheus fails here instead of answering for it."""
+    directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = port or free_port()
     log_path = directory / "prometheus.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -56,19 +86,60 @@ def running_prometheus(config: dict, directory: Path) -> Iterator[Prometheus]:
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=log, stderr=subprocess.STDOUT,
         )
-        prometheus = Prometheus(f"http://127.0.0.1:{port}", process)
-        try:
-            eventually(lambda: process.poll() is not None or http_status(prometheus.url + "/-/ready") == 200,
-                       timeout=30, what="prometheus to become ready")
-            assert process.poll() is None, log_path.read_text()
-            yield prometheus
-        finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
+
+    def ready_and_ours() -> bool:
+        if process.poll() is not None:
+            return True
+        if http_status(prometheus.url + "/-/ready") != 200:
+            return False
+        return prometheus.get("/api/v1/status/flags")["data"]["config.file"] == str(config_path)
+
+    try:
+        eventually(ready_and_ours, timeout=30, what=f"prometheus to become ready on port {port}")
+        assert process.poll() is None, log_path.read_text()
+    except BaseException:
+        prometheus.stop()
+        raise
+    return prometheus
+
+
+@contextmanager
+def running_prometheus(config: dict, directory: Path, port: int | None = None) -> Iterator[Prometheus]:
+    """`start_prometheus`, stopped on exit."""
+    prometheus = start_prometheus(config, directory, port)
+    try:
+        yield prometheus
+    finally:
+        prometheus.stop()
+
+
+@contextmanager
+def running_pushgateway(directory: Path) -> Iterator[str]:
+    """A Pushgateway on a free port that starts empty and keeps what is pushed in memory only; its URL.
+
+    Debian's build persists to /var/lib/prometheus/pushgateway.data unless told otherwise (upstream
+    persists nowhere by default): every Pushgateway started with that default loads the groups the
+    last one held at its exit, so a test would begin with another run's pushes.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = directory / "pushgateway.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        eventually(lambda: process.poll() is not None or http_status(url + "/-/ready") == 200,
+                   timeout=30, what=f"the pushgateway to become ready on port {port}")
+        assert process.poll() is None, log_path.read_text()
+        with urllib.request.urlopen(url + "/api/v1/metrics", timeout=5) as response:  # noqa: S310 (a local URL)
+            groups = json.loads(response.read())["data"]
+        assert groups == [], f"the pushgateway on port {port} did not start empty: {groups}"
+        yield url
+    finally:
+        stop_process(process)
 
 
 # --- fake targets ----------------------------------------------------------------------------

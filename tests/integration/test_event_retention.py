@@ -115,13 +115,21 @@ async def test_only_events_older_than_the_cutoff_go_and_their_idempotency_rows_w
     conn = await asyncpg.connect(fresh_url)
     try:
         await conn.execute(
+            "INSERT INTO event_publications (producer, idempotency_key, request_hash, event_id) "
+            "SELECT 'app', 'key-' || seq, 'h', id FROM events"
+        )
+        # Rows the release before migration 0011 wrote name their event by seq only.
+        await conn.execute(
             "INSERT INTO event_publications (producer, idempotency_key, request_hash, event_seq) "
-            "SELECT 'app', 'key-' || s, 'h', s FROM generate_series(1, 100) AS s"
+            "SELECT 'old-app', 'key-' || seq, 'h', seq FROM events WHERE seq IN (39, 40, 41, 42)"
         )
         assert (await retain(fresh_url, tmp_path, cutoff)).state == "done"
         assert await conn.fetchval("SELECT min(seq) FROM events") == 41
-        assert await conn.fetchval("SELECT min(event_seq) FROM event_publications") == 41
-        assert await conn.fetchval("SELECT count(*) FROM event_publications") == 60
+        assert await conn.fetchval(
+            "SELECT min(e.seq) FROM event_publications p JOIN events e ON e.id = p.event_id") == 41
+        assert await conn.fetchval("SELECT count(*) FROM event_publications WHERE producer = 'app'") == 60
+        assert await conn.fetch(
+            "SELECT event_seq FROM event_publications WHERE producer = 'old-app' ORDER BY 1") == [(41,), (42,)]
     finally:
         await conn.close()
 

@@ -32,3 +32,33 @@ def test_history_downgrades_and_upgrades_again(empty_database):
     in_thread(migrations.downgrade, empty_database, "base")
     in_thread(migrations.upgrade, empty_database)
     in_thread(command.check, migrations.alembic_config(empty_database))
+
+
+def test_the_sequencer_migration_keeps_publications_and_pending_events(empty_database):
+    """0011 names a publication's event by id instead of seq; undone, it first sequences what is
+    pending (committed events), in order, and names publications by seq again."""
+    import asyncpg
+
+    async def sql(query: str, *args):
+        conn = await asyncpg.connect(empty_database)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    published, pending = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
+    in_thread(migrations.upgrade, empty_database, "0010")
+    in_thread(asyncio.run, sql("INSERT INTO events (id, type, payload) VALUES ($1, 'app.x', '{}')", published))
+    in_thread(asyncio.run, sql("INSERT INTO event_publications (producer, idempotency_key, request_hash, event_seq) "
+                               "SELECT 'p', 'k', 'h', seq FROM events WHERE id = $1", published))
+    in_thread(migrations.upgrade, empty_database)
+    rows = in_thread(asyncio.run, sql("SELECT event_id FROM event_publications WHERE idempotency_key = 'k'"))
+    assert [r["event_id"] for r in rows] == [published]
+
+    for event_id in pending:
+        in_thread(asyncio.run, sql("INSERT INTO event_pending (id, type, payload) VALUES ($1, 'app.y', '{}')", event_id))
+    in_thread(migrations.downgrade, empty_database, "0010")
+    rows = in_thread(asyncio.run, sql("SELECT id FROM events ORDER BY seq"))
+    assert [r["id"] for r in rows] == [published, *pending]
+    rows = in_thread(asyncio.run, sql("SELECT event_seq FROM event_publications WHERE idempotency_key = 'k'"))
+    assert [r["event_seq"] for r in rows] == [1]

@@ -383,3 +383,21 @@ async def test_metrics_count_subscribers_deliveries_and_latency(streaming, http,
     for name in ("stream_subscribers ", "stream_events_delivered_total", "stream_delivery_latency_seconds_bucket",
                  "stream_subscribers_cut_off_total", "stream_events_published_total"):
         assert name in text, name
+
+
+async def test_a_publication_the_previous_release_recorded_by_seq_still_replays(streaming, http, signing_key, db):
+    # Until migration 0011 a publication named its event by seq; during a rolling deploy such rows
+    # keep being written, and a retry that reaches the new release must still find the event.
+    token = mint(signing_key, uuid.uuid4(), tid=uuid.uuid4())
+    url, body = f"{streaming.url}/v1/events", {"type": "app.migrated", "payload": {"n": 1}}
+    headers = bearer(token) | {"Idempotency-Key": "before-0011"}
+    async with http.post(url, json=body, headers=headers) as response:
+        assert response.status == 201
+        event = await response.json()
+    await db.execute(
+        "UPDATE event_publications SET event_id = NULL, event_seq = $1 WHERE idempotency_key = 'before-0011'",
+        event["seq"],
+    )
+    async with http.post(url, json=body, headers=headers) as response:
+        assert response.status == 200
+        assert await response.json() == event

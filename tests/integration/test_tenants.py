@@ -5,13 +5,14 @@ owners about a failed payment exactly once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import uuid
 
 import pytest
 
-from prognetwork.kit.events import Event, append
+from prognetwork.kit.events import Event, append, sequenced
 from tests.helpers.accounts import unique_email
 from tests.helpers.polling import eventually_async
 from tests.helpers.problems import assert_problem
@@ -463,7 +464,7 @@ async def entitlements(sessions, tenant_id: str, plan: str, seats: int) -> int:
         event = await append(session, "billing.entitlements_changed",
                              {"tenant_id": tenant_id, "plan": plan, "seats": seats, "features": [], "status": "active"},
                              tenant_id=uuid.UUID(tenant_id))
-    return event.seq
+    return await sequenced(sessions, event.id)
 
 
 async def applied(db, seq: int) -> bool:
@@ -534,10 +535,12 @@ async def test_two_accepts_cannot_both_take_the_last_seat(users, db, sessions):
 # -- payment failures, told to every owner once ---------------------------------------------------------
 
 async def payment_failed(sessions, tenant_id: str) -> Event:
+    """The event as a consumer reads it from the log: with its sequence number."""
     async with sessions() as session, session.begin():
-        return await append(session, "billing.payment_failed",
-                            {"tenant_id": tenant_id, "invoice_id": "in_test", "amount_due": 4200, "currency": "eur"},
-                            tenant_id=uuid.UUID(tenant_id))
+        event = await append(session, "billing.payment_failed",
+                             {"tenant_id": tenant_id, "invoice_id": "in_test", "amount_due": 4200, "currency": "eur"},
+                             tenant_id=uuid.UUID(tenant_id))
+    return dataclasses.replace(event, seq=await sequenced(sessions, event.id))
 
 
 async def test_a_failed_payment_is_told_to_each_owner_exactly_once(users, db, sessions, users_settings):

@@ -67,6 +67,29 @@ async def test_full_flow_verify_login_me(users, db):
     assert types == ["user.registered", "user.email_verification_requested", "user.email_verified", "user.logged_in"]
 
 
+async def test_me_answers_the_callers_profile_byte_for_byte(users, db):
+    email = await verified_user(users, db)
+    tokens = (await login(users, email)).json()
+    row = await db.fetchrow("SELECT id, created_at FROM users WHERE email = $1", email)
+    profile = {"id": str(row["id"]), "email": email, "name": "Ada", "role": "user", "email_verified": True,
+               # As pydantic renders an aware UTC datetime.
+               "created_at": row["created_at"].isoformat().replace("+00:00", "Z")}
+    for _ in range(2):  # the second time the token's verification is remembered: the same answer
+        me = await users.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+        assert me.status_code == 200, me.text
+        assert me.content == json.dumps(profile, separators=(",", ":")).encode()
+        assert sorted(me.headers) == ["content-length", "content-type", "x-request-id"]
+        assert me.headers["content-type"] == "application/json"
+        assert me.headers["content-length"] == str(len(me.content))
+
+
+async def test_me_for_an_account_that_no_longer_exists_is_a_problem(users, db, users_settings, signing_key):
+    key = load_key(signing_key)
+    token = jwt.encode(claims(users_settings, sid=uuid.uuid4().hex), key.private, algorithm="EdDSA",
+                       headers={"kid": key.kid})
+    assert_problem(await me_with(users, token), 404, "unknown-user")
+
+
 async def test_verification_token_works_once(users, db):
     email, _ = await register(users)
     token = await verification_token(db, email)

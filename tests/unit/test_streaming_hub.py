@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from prognetwork.streaming.hub import Frame, Hub, Subscriber
+from prognetwork.streaming.hub import Frame, Hub, LatencyHistogram, Subscriber
 from prognetwork.streaming.visibility import Viewer
 
 QUEUE_LIMIT = 5
@@ -86,6 +86,13 @@ def test_an_event_about_a_member_and_their_tenant_is_queued_for_them_once(hub):
     assert queued(alice) == [7]
 
 
+def test_a_members_events_and_their_tenants_reach_them_in_sequence_order(hub):
+    alice = hub.subscribe(Viewer(ALICE, tenant_id=TENANT), None, 0)
+    hub.dispatch([frame(1, tenant=TENANT), frame(2, user=ALICE), frame(3, user=BOB), frame(4, tenant=TENANT),
+                  frame(5, user=ALICE, tenant=TENANT)])
+    assert queued(alice) == [1, 2, 4, 5]
+
+
 def test_a_type_filter_keeps_only_the_types_named(hub):
     sub = hub.subscribe(Viewer(ALICE), frozenset({"user.login"}), 0)
     hub.dispatch([frame(1, type="user.login", user=ALICE), frame(2, type="user.updated", user=ALICE),
@@ -139,6 +146,20 @@ async def test_a_full_queue_cuts_its_subscriber_off_while_the_others_keep_receiv
     assert queued(slow) == full
     assert [f.seq for f in await fast.take()] == [QUEUE_LIMIT + 2]
     assert cut_off_count() == cut_before + 1  # cut off once, not once per frame it missed
+
+
+async def test_a_read_that_overfills_a_queue_queues_what_fits_and_cuts_off_once(hub):
+    slow = hub.subscribe(Viewer(ALICE, role="admin"), None, 0)
+    fast = hub.subscribe(Viewer(BOB, role="admin"), None, 0)
+    cut_before = cut_off_count()
+    hub.dispatch([frame(seq, user=CAROL) for seq in range(1, QUEUE_LIMIT - 1)])
+    assert [f.seq for f in await fast.take()] == list(range(1, QUEUE_LIMIT - 1))
+    # The next read holds more than the slow subscriber has room for: the frames that fit are
+    # queued (written before the notice to resume), the rest not, and it is cut off once.
+    hub.dispatch([frame(seq, user=CAROL) for seq in range(QUEUE_LIMIT - 1, QUEUE_LIMIT + 3)])
+    assert queued(slow) == list(range(1, QUEUE_LIMIT + 1)) and slow.overflowed
+    assert cut_off_count() == cut_before + 1 and hub.subscriber_count == 1
+    assert [f.seq for f in await fast.take()] == list(range(QUEUE_LIMIT - 1, QUEUE_LIMIT + 3))
 
 
 async def test_a_subscriber_cut_off_while_waiting_is_woken_to_end_its_stream(hub):
@@ -203,3 +224,16 @@ def test_ending_one_of_a_users_two_streams_leaves_the_other_receiving(hub):
     hub.unsubscribe(first)
     hub.dispatch([frame(1, user=ALICE), frame(2, tenant=TENANT)])
     assert queued(first) == [] and queued(second) == [1, 2]
+
+
+def test_the_delivery_latency_histogram_exports_cumulative_buckets_count_and_sum():
+    registry = CollectorRegistry()
+    latency = LatencyHistogram("test_latency_seconds", "Test.", buckets=(0.01, 0.1), registry=registry)
+    for seconds in (0.005, 0.01, 0.05, 2.0):  # a bucket holds what is at most its bound
+        latency.observe(seconds)
+    assert registry.get_sample_value("test_latency_seconds_bucket", {"le": "0.01"}) == 2
+    assert registry.get_sample_value("test_latency_seconds_bucket", {"le": "0.1"}) == 3
+    assert registry.get_sample_value("test_latency_seconds_bucket", {"le": "+Inf"}) == 4
+    assert registry.get_sample_value("test_latency_seconds_count") == 4
+    assert registry.get_sample_value("test_latency_seconds_sum") == pytest.approx(2.065)
+    assert b"# TYPE test_latency_seconds histogram" in generate_latest(registry)

@@ -26,7 +26,7 @@ SERVED = {
         f"visible to {name}, of some types": queries.visible(viewer, frozenset({"app.a", "app.b"}), 0, 10)
         for name, viewer in VIEWERS.items()
     },
-    "publish's read-back": queries.event_by_seq(1),
+    "publish's read-back": queries.event_by_id(uuid.uuid4()),
 }
 
 

@@ -7,6 +7,8 @@ Invariants:
 - An event is removed only after the archive object holding it is whole in the target, and in
   the transaction that records the new low-water mark (`event_retention.through_seq`) and the
   run's checkpoint. Idempotency rows (`event_publications`) go with their events.
+- Only sequenced events are retained or removed: pending ones (`event_pending`, kit/events.py)
+  have no seq yet and are newer than every event in the log.
 - An archive object holds one chunk: `events/<first seq>-<last seq>.jsonl.gz`, one JSON object
   per event with every column (PostgreSQL's `row_to_json`), oldest first, gzip with no timestamp
   in its header; beside it `<same>.manifest.json` names the first and last sequence, the count,
@@ -194,10 +196,16 @@ class Retention:
         await asyncio.to_thread(write_chunk, target, [row["line"] for row in rows], first, last)
         async with conn.transaction():
             await conn.execute("SELECT set_config($1, $2, true)", RETENTION_SETTING, str(last))
+            await conn.execute(
+                # By id, or by seq where the release before migration 0011 recorded that.
+                "DELETE FROM event_publications WHERE event_id IN "
+                "(SELECT id FROM events WHERE seq > $1 AND seq <= $2) OR (event_seq > $1 AND event_seq <= $2)",
+                start,
+                last,
+            )
             deleted = await conn.execute("DELETE FROM events WHERE seq > $1 AND seq <= $2", start, last)
             if int(deleted.split()[-1]) != len(rows):
                 raise RuntimeError(f"events {first}-{last}: expected to remove {len(rows)}, {deleted}")
-            await conn.execute("DELETE FROM event_publications WHERE event_seq <= $1", last)
             await conn.execute(
                 "UPDATE event_retention SET through_seq = $1, through_occurred_at = $2, "
                 "removed = removed + $3, updated_at = now()",

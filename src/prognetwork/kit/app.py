@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prognetwork.kit import credentials, db, dependencies, migrations, problems, tracing
+from prognetwork.kit import credentials, db, dependencies, events, migrations, problems, tracing
 from prognetwork.kit import logging as kit_logging
 from prognetwork.kit.cache import TextRedis, create_redis
 from prognetwork.kit.dependencies import Check, run_checks
@@ -151,6 +151,9 @@ def create_service_app(
                     dependencies.watch(spec.name, declared, watched, lifecycle.stop), name="dependencies"
                 )
             )
+            if database is not None:  # every process that may append sequences the event log
+                sequencer = events.Sequencer(credentials.listener_dsn(settings), database.engine)
+                tasks.append(asyncio.create_task(sequencer.run(lifecycle.stop), name="event-sequencer"))
             try:
                 yield
             finally:
@@ -219,8 +222,15 @@ async def read_session(request: Request) -> AsyncIterator[db.ReadSession]:
         yield session
 
 
+async def database(request: Request) -> db.Database:
+    """The process's database, for hot reads straight through the driver (`Database.fetch_one`):
+    nothing is opened per request until a read checks a connection out."""
+    return request.app.state.connections.database
+
+
 WriteSession = Annotated[AsyncSession, Depends(write_session)]
 ReadOnlySession = Annotated[db.ReadSession, Depends(read_session)]
+Reads = Annotated[db.Database, Depends(database)]
 
 
 class ObservabilityMiddleware:

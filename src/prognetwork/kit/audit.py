@@ -9,12 +9,13 @@ Writers call `record()` inside the transaction that makes the change (as `kit.ev
 so a record exists if and only if its change committed; a refusal worth recording (a failed
 sign-in) is recorded in a transaction of its own before the error is raised.
 
-**The chain.** Sequence numbers are drawn under the same transaction-level advisory lock as
-event appends (one lock for both logs, so no two transactions can take them in opposite orders
-and deadlock), as the newest record's plus one: they are consecutive, and a gap is a deletion,
-never a rolled-back transaction. Each record's `hash` is SHA-256 over a canonical encoding of
-every column — sorted-key JSON of seq, time (ISO 8601), actor, action, target, tenant, origin,
-outcome, details and `prev_hash`, the hash of the record before it. `verify()` recomputes it all
+**The chain.** Sequence numbers are drawn under a transaction-level advisory lock held until
+commit (`APPEND_LOCK_KEY`, which the event sequencer's steps take too; event appends take
+none), as the newest record's
+plus one: they are consecutive, and a gap is a deletion, never a rolled-back transaction. Each
+record's `hash` is SHA-256 over a canonical encoding of every column — sorted-key JSON of seq,
+time (ISO 8601), actor, action, target, tenant, origin, outcome, details and `prev_hash`, the
+hash of the record before it. `verify()` recomputes it all
 and names the first record that fails. It detects:
 
 - a record changed in any column (its hash no longer matches its content);

@@ -34,6 +34,7 @@ def watch_pools(service: str, engine: Any | None, redis: Any | None) -> None:
         pool = engine.pool
         DB_POOL.labels(service, "checked_out").set_function(pool.checkedout)
         DB_POOL.labels(service, "idle").set_function(pool.checkedin)
+        # Always 0 with the kit's engines, which keep every connection they open (kit/db.py).
         DB_POOL.labels(service, "overflow").set_function(lambda: max(0, pool.overflow()))
         # QueuePool keeps its overflow limit private; a pool without one counts as its size.
         DB_POOL_MAX.labels(service).set_function(

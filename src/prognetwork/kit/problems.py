@@ -212,7 +212,10 @@ def install(app: FastAPI) -> None:
             statement=(exc.statement or "")[:500],
             stack=where[-LOGGED_FRAMES:],
         )
-        if sqlstate.startswith(OUTAGE_SQLSTATES):
+        # A connection lost under the statement (the server restarted or ended it) is an outage
+        # whatever the driver made of it: often no SQLSTATE at all, when the connection broke
+        # mid-answer. SQLAlchemy has already invalidated the pool's older connections.
+        if exc.connection_invalidated or sqlstate.startswith(OUTAGE_SQLSTATES):
             return await _outage(request, exc)
         if sqlstate.startswith(DATA_EXCEPTION_CLASS):
             # Input that got past validation at the edge: the caller's to fix, not a server fault.

@@ -94,6 +94,19 @@ def untraced() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def statement_span(statement: str) -> Iterator[None]:
+    """A client span around a statement run on the driver directly (kit.db.Database.fetch_one),
+    attributed as the SQLAlchemy instrumentation attributes the others; nothing when not tracing."""
+    if not _enabled:
+        yield
+        return
+    operation = statement.split(None, 1)[0].upper()
+    attributes = {"db.system.name": "postgresql", "db.operation.name": operation, "db.query.text": statement}
+    with tracer.start_as_current_span(operation, kind=trace.SpanKind.CLIENT, attributes=attributes):
+        yield
+
+
 def current_traceparent() -> str | None:
     """The W3C traceparent of the current span, to store with an event; None when not tracing."""
     if not _enabled:

@@ -112,10 +112,10 @@ async def publish(
             event = await events.append(
                 db, body.type, body.payload, user_id=user_id, tenant_id=tenant_id, private=False
             )
-            await queries.record_publication(db, producer, key, event.seq)
-            seq, earlier_hash = event.seq, None
+            await queries.record_publication(db, producer, key, event.id)
+            event_id, earlier_hash = event.id, None
         else:
-            earlier_hash, seq = await queries.earlier_publication(db, producer, key)
+            earlier_hash, event_id = await queries.earlier_publication(db, producer, key)
     if earlier_hash is None:
         status, outcome = 201, "created"
     elif earlier_hash == digest:
@@ -123,8 +123,14 @@ async def publish(
     else:
         PUBLISHED.labels("rejected").inc()
         raise IDEMPOTENCY_KEY_REUSED("This Idempotency-Key was used for a different event.")
-    # Read back after the commit, not in the transaction: every append on the platform waits for
-    # the append lock (kit.events) that transaction holds until it ends.
-    data = await queries.event_json(db, seq)
+    # The answer carries the event's seq, drawn by the sequencer after the commit: the commit
+    # returned once it was drawn, unless that wait was cut short — then it is drawn here.
+    data = await queries.event_json(db, event_id)
+    if data is None:
+        await db.rollback()  # the read's transaction: sequencing takes one of its own
+        await events.sequenced(db, event_id)
+        data = await queries.event_json(db, event_id)
+        if data is None:  # sequenced now, and publish never stores a private event
+            raise RuntimeError(f"published event {event_id} is not readable")
     PUBLISHED.labels(outcome).inc()
     return status, data

@@ -17,6 +17,7 @@ positional parameters.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import (
@@ -118,13 +119,14 @@ async def visible_events(
     return list((await db.execute(visible(viewer, types, after, limit))).mappings().all())
 
 
-def event_by_seq(seq: int) -> Select[Any]:
-    return _served(EVENT_JSON).where(events.c.seq == seq)
+def event_by_id(event_id: uuid.UUID) -> Select[Any]:
+    return _served(EVENT_JSON).where(events.c.id == event_id)
 
 
-async def event_json(db: AsyncSession, seq: int) -> str:
-    """The JSON clients see for the event `seq`."""
-    return (await db.execute(event_by_seq(seq))).scalar_one()
+async def event_json(db: AsyncSession, event_id: uuid.UUID) -> str | None:
+    """The JSON clients see for the event `event_id`; None while it is not sequenced (the JSON
+    carries its seq), or if it is private."""
+    return (await db.execute(event_by_id(event_id))).scalar_one_or_none()
 
 
 # -- publications: which publish requests were already stored -----------------------------
@@ -146,17 +148,19 @@ async def claim_publication(db: AsyncSession, producer: str, key: str, request_h
     return claimed.first() is not None
 
 
-async def earlier_publication(db: AsyncSession, producer: str, key: str) -> tuple[str, int]:
-    """The request hash and event sequence stored under `key` by an earlier request.
+async def earlier_publication(db: AsyncSession, producer: str, key: str) -> tuple[str, uuid.UUID]:
+    """The request hash and event id stored under `key` by an earlier request.
 
-    `event_seq` is NULL only inside the claiming transaction, which records it before it commits
-    (publish.publish); a claim another request can see always has its event.
+    `event_id` is NULL only inside the claiming transaction, which records it before it commits
+    (publish.publish); a claim another request can see always has its event — by id, or by
+    `event_seq` where the release before migration 0011 recorded it.
     """
-    stored = select(event_publications.c.request_hash, event_publications.c.event_seq)
+    by_seq = select(events.c.id).where(events.c.seq == event_publications.c.event_seq).scalar_subquery()
+    stored = select(event_publications.c.request_hash, func.coalesce(event_publications.c.event_id, by_seq))
     found = await db.execute(stored.where(_publication(producer, key)))
-    request_hash, event_seq = found.one()
-    return request_hash, event_seq
+    request_hash, event_id = found.one()
+    return request_hash, event_id
 
 
-async def record_publication(db: AsyncSession, producer: str, key: str, seq: int) -> None:
-    await db.execute(update(event_publications).where(_publication(producer, key)).values(event_seq=seq))
+async def record_publication(db: AsyncSession, producer: str, key: str, event_id: uuid.UUID) -> None:
+    await db.execute(update(event_publications).where(_publication(producer, key)).values(event_id=event_id))

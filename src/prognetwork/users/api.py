@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from prognetwork.kit.audit import RequestOrigin, origin_of
+from prognetwork.kit.db import Row
 from prognetwork.kit.problems import AUTHENTICATED, problem_responses
 from prognetwork.kit.validation import Email, Secret, Text, TokenText
 from prognetwork.users import problems
-from prognetwork.users.deps import Caller, ReadOnlySession, Svc, WriteSession
+from prognetwork.users.deps import Caller, Reads, Svc, WriteSession
 from prognetwork.users.models import User
 from prognetwork.users.service import Tokens
 
@@ -84,6 +85,18 @@ class UserOut(BaseModel):
             role=user.role,
             email_verified=user.email_verified_at is not None,
             created_at=user.created_at,
+        )
+
+    @classmethod
+    def of_row(cls, row: Row) -> UserOut:
+        """From a row of the users table's columns (queries.PROFILE)."""
+        return cls(
+            id=row["id"],
+            email=row["email"],
+            name=row["name"],
+            role=row["role"],
+            email_verified=row["email_verified_at"] is not None,
+            created_at=row["created_at"],
         )
 
 
@@ -220,8 +233,8 @@ async def password_reset_confirm(
     tags=["users"],
     responses=problem_responses(*AUTHENTICATED, problems.UNKNOWN_USER),
 )
-async def me(claims: Caller, db: ReadOnlySession, svc: Svc) -> UserOut:
-    return UserOut.of(await svc.me(db, uuid.UUID(claims["sub"])))
+async def me(claims: Caller, database: Reads, svc: Svc) -> UserOut:
+    return UserOut.of_row(await svc.me(database, uuid.UUID(claims["sub"])))
 
 
 @router.get("/.well-known/jwks.json", tags=["auth"])

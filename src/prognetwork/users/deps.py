@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from prognetwork.kit import audit
-from prognetwork.kit.app import ReadOnlySession, WriteSession
+from prognetwork.kit.app import ReadOnlySession, Reads, WriteSession
 from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.users.keys import InvalidToken
 from prognetwork.users.runtime import Runtime
 from prognetwork.users.service import Accounts
 from prognetwork.users.tenants import Tenants
 
-__all__ = ["Acting", "Caller", "CallerId", "ReadOnlySession", "Svc", "TenantSvc", "WriteSession"]
+__all__ = ["Acting", "Caller", "CallerId", "ReadOnlySession", "Reads", "Svc", "TenantSvc", "WriteSession"]
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs two

@@ -5,6 +5,11 @@ every key in it is published and verifies, so rotating is: prepend a new key, wa
 access-token lifetime (plus JWKS cache time), then drop the old one. The key id is the
 RFC 7638 thumbprint of the public key, so it needs no configuration. Because the secret is
 read through the expiring secrets cache, a rotation needs no restart.
+
+Verified access tokens are remembered (kit.jwks.VerifiedTokens: until the token's `exp`, bounded,
+never accepting what the full check refuses), and forgotten whenever the keys change: a key
+dropped from the secret stops vouching for its tokens at once. Revocation is checked after, on
+every request (kit.revocation).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from prognetwork.kit import tokens
+from prognetwork.kit.jwks import VerifiedTokens
 from prognetwork.kit.secrets import MissingSecret
 from prognetwork.kit.tokens import ALGORITHM, InvalidToken
 from prognetwork.users.settings import UsersSettings
@@ -87,6 +93,7 @@ class KeyRing:
         self._keys: list[SigningKey] = []
         self._by_kid: dict[str, SigningKey] = {}
         self._development_text: str | None = None
+        self._verified = VerifiedTokens()
 
     def _current(self) -> list[SigningKey]:
         secret = self.settings.secrets.get(SECRET_NAME)
@@ -103,6 +110,7 @@ class KeyRing:
             if not keys:
                 raise ValueError(f"{SECRET_NAME} holds no PEM private key")
             self._keys, self._by_kid, self._loaded_from = keys, {k.kid: k for k in keys}, text
+            self._verified.clear()  # what the old keys vouched for is checked anew
         return self._keys
 
     def jwks(self) -> dict[str, Any]:
@@ -135,5 +143,14 @@ class KeyRing:
         return {key.kid: key.public for key in self._current()}
 
     def verify(self, token: str) -> dict[str, Any]:
-        self._current()  # picks up a rotated secret
-        return tokens.verify(token, self.public_key, self.settings.jwt_issuer, self.settings.jwt_audience)
+        """The claims of a valid token (tokens.verify's rules), or InvalidToken. The claims may come
+        from the cache: shared between requests, read-only."""
+        self._current()  # picks up a rotated secret, and then forgets the tokens verified before
+        now = time.time()
+        claims = self._verified.get(token, now)
+        if claims is None:
+            claims = tokens.verify(
+                token, self.public_key, self.settings.jwt_issuer, self.settings.jwt_audience
+            )
+            self._verified.put(token, claims, now)
+        return claims

@@ -5,10 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prognetwork.kit.db import Database, Query, Row
 from prognetwork.users.models import User
+
+# What a profile shows (api.UserOut), read on every `GET /v1/users/me`: straight through the
+# driver (kit.db.Query), without a session or the ORM.
+PROFILE = Query(
+    select(User.id, User.email, User.name, User.role, User.email_verified_at, User.created_at).where(
+        User.id == bindparam("user_id")
+    )
+)
 
 
 async def user_by_email(db: AsyncSession, email: str, *, for_update: bool = False) -> User | None:
@@ -20,6 +29,10 @@ async def user_by_email(db: AsyncSession, email: str, *, for_update: bool = Fals
 
 async def user_by_id(db: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> User | None:
     return await db.get(User, user_id, with_for_update=for_update)
+
+
+async def profile_by_id(database: Database, user_id: uuid.UUID) -> Row | None:
+    return await database.fetch_one(PROFILE, user_id=user_id)
 
 
 async def delete_unverified_before(db: AsyncSession, cutoff: datetime) -> list[uuid.UUID]:

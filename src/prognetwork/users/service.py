@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prognetwork.kit import audit, events, tenancy, tokens
-from prognetwork.kit.db import ReadSession
+from prognetwork.kit.db import Database, Row
 from prognetwork.kit.problems import Problem
 from prognetwork.kit.revocation import Revocations
 from prognetwork.kit.throttle import Counter as WindowCounter
@@ -663,11 +663,12 @@ class Accounts:
             await self.end_all_sessions(user.id)
         return user
 
-    async def me(self, db: ReadSession, user_id: uuid.UUID) -> User:
-        user = await queries.user_by_id(db, user_id)
-        if user is None:
+    async def me(self, database: Database, user_id: uuid.UUID) -> Row:
+        """The caller's profile row (queries.PROFILE's columns), read without a session."""
+        profile = await queries.profile_by_id(database, user_id)
+        if profile is None:
             raise UNKNOWN_USER("This account no longer exists.")
-        return user
+        return profile
 
     def _tokens(
         self,

@@ -540,11 +540,11 @@ class Tenants:
             log.warning("billing entitlements unreadable; skipped", seq=event.seq, tenant_id=str(tenant_id))
             return
         assert isinstance(seats, int)
-        if await q.apply_entitlements(db, tenant_id, plan, seats, event.seq):
+        if await q.apply_entitlements(db, tenant_id, plan, seats, event.position):
             log.info("tenant entitlements applied", tenant_id=str(tenant_id), plan=plan, seats=seats)
 
     async def _tell_owners_payment_failed(self, db: AsyncSession, tenant_id: uuid.UUID, event: Event) -> None:
-        name = await q.claim_payment_notice(db, tenant_id, event.seq)
+        name = await q.claim_payment_notice(db, tenant_id, event.position)
         if name is None:
             return  # told already (a redelivery), or the tenant is gone
         billing_url = self.accounts.link("billing", tenant=str(tenant_id))
