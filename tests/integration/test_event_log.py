@@ -403,3 +403,43 @@ async def test_sequenced_draws_the_seq_of_a_pending_event_and_refuses_one_never_
     assert await sequenced(sessions, event_id) == seq  # already in the log: the same answer
     with pytest.raises(LookupError, match="neither in the log nor pending"):
         await sequenced(sessions, uuid.uuid4())
+
+
+async def test_a_pending_event_already_in_the_log_is_dropped_and_sequencing_goes_on(sessions, db):
+    """A pending row whose id the log already holds (restored beside the event it became) must not
+    fail every later step: that would stop sequencing, and the readers, for the whole platform."""
+    kind = f"test.{uuid.uuid4().hex[:8]}"
+    async with sessions() as session, session.begin():
+        first = await append(session, kind, {"n": 1})
+    await db.execute("INSERT INTO event_pending (id, type, payload) VALUES ($1, $2, '{}')", first.id, kind)
+    async with sessions() as session, session.begin():
+        second = await append(session, kind, {"n": 2})
+    assert await db.fetchval("SELECT count(*) FROM event_pending WHERE type = $1", kind) == 0
+    rows = await db.fetch("SELECT id FROM events WHERE type = $1 ORDER BY seq", kind)
+    assert [r["id"] for r in rows] == [first.id, second.id]
+
+
+async def test_the_sequencer_outlives_a_failure_that_is_not_postgresql(database_url, db):
+    """Its connection comes from the secrets provider where credentials rotate: a secret-store
+    failure must be retried like a refused connection, not end the task for good."""
+    attempts = 0
+
+    async def flaky_connect():
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("the secret store did not answer")
+        return await asyncpg.connect(database_url)
+
+    sequencer = Sequencer(flaky_connect, None, poll_seconds=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sequencer.run(stop))
+    try:
+        event_id, kind = uuid.uuid4(), f"test.{uuid.uuid4().hex[:8]}"
+        await db.execute("INSERT INTO event_pending (id, type, payload) VALUES ($1, $2, '{}')", event_id, kind)
+        await eventually_async(lambda: db.fetchval("SELECT seq FROM events WHERE id = $1", event_id),
+                               timeout=20, what="the pending event sequenced after the failed connect")
+        assert attempts >= 2 and not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -62,3 +62,40 @@ def test_the_sequencer_migration_keeps_publications_and_pending_events(empty_dat
     assert [r["id"] for r in rows] == [published, *pending]
     rows = in_thread(asyncio.run, sql("SELECT event_seq FROM event_publications WHERE idempotency_key = 'k'"))
     assert [r["event_seq"] for r in rows] == [1]
+
+
+def test_undoing_the_sequencer_migration_keeps_an_event_committed_while_it_runs(empty_database):
+    """An append in flight when 0011 is undone commits into event_pending; the downgrade must wait
+    for it and move it into the log, not drop it with the table."""
+    import asyncpg
+
+    async def scenario() -> list[uuid.UUID]:
+        writer = await asyncpg.connect(empty_database)
+        try:
+            event_id = uuid.uuid4()
+            transaction = writer.transaction()
+            await transaction.start()
+            await writer.execute("INSERT INTO event_pending (id, type, payload) VALUES ($1, 'app.z', '{}')", event_id)
+            downgrade = asyncio.get_running_loop().run_in_executor(
+                None, migrations.downgrade, empty_database, "0010"
+            )
+
+            async def downgrade_waits_for_the_table() -> bool:
+                waiting = await writer.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'event_pending'::regclass AND NOT granted"
+                )
+                return waiting > 0
+
+            from tests.helpers.polling import eventually_async
+
+            await eventually_async(downgrade_waits_for_the_table, timeout=30, what="the downgrade waiting on the table")
+            await transaction.commit()
+            await asyncio.wait_for(downgrade, 60)
+            rows = await writer.fetch("SELECT id FROM events WHERE type = 'app.z'")
+            return [r["id"] for r in rows], event_id
+        finally:
+            await writer.close()
+
+    in_thread(migrations.upgrade, empty_database)
+    found, event_id = in_thread(asyncio.run, scenario())
+    assert found == [event_id]

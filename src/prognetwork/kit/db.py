@@ -160,7 +160,9 @@ class Database:
         """The first row of `query`, or None: one round trip, autocommit.
 
         The connection comes from the engine's pool (its size, its credentials) and goes back to it
-        with no transaction open, as a ReadSession's does.
+        with no transaction open, as a ReadSession's does. Not for tenant-scoped tables: no tenant
+        scope (kit.tenancy) applies here, so row-level security would show such a read nothing
+        (or, connected as an owner, every tenant's rows).
         """
         args = query.arguments(values)
         with tracing.statement_span(query.sql):

@@ -270,6 +270,18 @@ async def sequence_all(db: Sequenceable) -> int:
     return total
 
 
+async def sequence_before_reading(db: Sequenceable) -> None:
+    """`sequence_all` for a reader about to read the log: a failing step is logged, not raised.
+    What is already in the log stays readable (the order guarantee does not depend on this step);
+    a lost connection fails the read that follows anyway."""
+    try:
+        await sequence_all(db)
+    except Exception as exc:  # noqa: BLE001
+        log.warning(
+            "sequencer step failed before a read", error_type=type(exc).__name__, error=str(exc)[:300]
+        )
+
+
 async def sequenced(db: AsyncSession | async_sessionmaker[AsyncSession], event_id: uuid.UUID) -> int:
     """The seq of the committed event `event_id`, sequencing it first if it is still pending."""
     while True:
@@ -279,6 +291,9 @@ async def sequenced(db: AsyncSession | async_sessionmaker[AsyncSession], event_i
         if await sequence(db) < SEQUENCE_BATCH and (seq := await _seq_of(db, event_id)) is not None:
             return seq
         if not await _is_pending(db, event_id):
+            # Another process's step may have moved it between our reads: look once more.
+            if (seq := await _seq_of(db, event_id)) is not None:
+                return seq
             raise LookupError(f"event {event_id} is neither in the log nor pending (never committed?)")
 
 
@@ -301,9 +316,12 @@ async def _is_pending(db: AsyncSession | async_sessionmaker[AsyncSession], event
 
 
 def _sequence_in_commit(conn: Connection) -> None:
-    """`sequence_all` for the commit hook, which runs synchronously (inside SQLAlchemy's greenlet)."""
+    """`sequence_all` for the commit hook, which runs synchronously (inside SQLAlchemy's greenlet).
+    The lock wait is bounded: a step waits for an audited transaction holding the logs' lock, and
+    if this very task holds one open elsewhere, it would wait for itself."""
     while True:
         with conn.begin():
+            conn.execute(text(f"SET LOCAL lock_timeout = '{int(SETTLE_SECONDS * 1000)}ms'"))
             moved = int(conn.execute(text(_STEP)).scalar_one())
         if moved:
             EVENTS_SEQUENCED.inc(moved)
@@ -346,7 +364,7 @@ class Sequencer:
             while not stop.is_set():
                 try:
                     await self._serve(stop, backoff)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                except Exception as exc:  # noqa: BLE001  (PostgreSQL down, or the secret store: any)
                     # A commit that appended (it wakes us) is a sign PostgreSQL is back: try at once.
                     await backoff.wait(exc, stop, self.wake)
         finally:
@@ -520,7 +538,7 @@ class Consumer:
         """Handle one batch in one transaction; returns how many events were handled."""
         # What is committed but still pending is sequenced first, so the batch reads it whether
         # or not a sequencer runs somewhere (a test, a job, one whose process just died).
-        await sequence_all(self.sessions)
+        await sequence_before_reading(self.sessions)
         async with self.sessions() as session, session.begin():
             await session.execute(
                 text("INSERT INTO consumer_cursors (name) VALUES (:name) ON CONFLICT DO NOTHING"),

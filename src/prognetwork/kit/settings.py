@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
     redis_url: SecretStr | None = Field(None, alias="REDIS_URL")
+    # A process keeps up to 2 × DB_POOL_SIZE connections once a burst has opened them (kit.db),
+    # plus one each for the event sequencer and every LISTEN: budget replicas × (2 × this + 2)
+    # against the server's max_connections.
     db_pool_size: int = Field(20, alias="DB_POOL_SIZE", ge=1, le=200)
 
     log_level: str = Field("INFO", alias="LOG_LEVEL")

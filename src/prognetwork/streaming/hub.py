@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from prognetwork.kit import retry
-from prognetwork.kit.events import Dsn, connect, listen, sequence_all
+from prognetwork.kit.events import Dsn, connect, listen, sequence_before_reading
 from prognetwork.kit.retry import wait_for
 from prognetwork.streaming.queries import HEAD, TAIL
 from prognetwork.streaming.visibility import Viewer
@@ -285,7 +285,7 @@ class Hub:
                 read_at = loop.time()
                 # Committed events still pending are sequenced first: the tailer reads them now
                 # rather than after some process's sequencer has run.
-                await sequence_all(conn)
+                await sequence_before_reading(conn)
                 rows = await conn.fetch(TAIL, self.position, BATCH_SIZE)
                 backoff.reset()  # after a read, not the connect: a server that accepts but fails still backs off
                 if rows:

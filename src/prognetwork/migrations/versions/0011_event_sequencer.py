@@ -65,7 +65,10 @@ STEP_FUNCTION = f"""CREATE FUNCTION prognetwork_sequence_events(batch integer) R
         WHERE entry <= (SELECT max(entry) FROM (SELECT entry FROM event_pending ORDER BY entry LIMIT batch) AS oldest)
         RETURNING entry, {COLUMNS}
       ), sequenced AS (
-        INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM taken ORDER BY entry RETURNING seq
+        -- An id already in the log (a pending row restored beside the event it became) is dropped,
+        -- not a failure that would stop every later step.
+        INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM taken ORDER BY entry
+        ON CONFLICT (id) DO NOTHING RETURNING seq
       )
       SELECT count(*), max(seq) INTO moved, newest FROM sequenced;
       IF moved > 0 THEN
@@ -118,10 +121,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Pending events are committed events: they go into the log (in order) before their table goes.
+    # The table lock first: appends in flight finish (and are moved), later ones wait, then fail
+    # once the table is gone, so no committed event is dropped with it. The advisory lock alone
+    # does not stop writers.
+    op.execute("LOCK TABLE event_pending IN ACCESS EXCLUSIVE MODE")
     op.execute(f"SELECT pg_advisory_xact_lock({SEQUENCER_LOCK_KEY})")  # no sequencer step meanwhile
     op.execute(
         f"""WITH moved AS (DELETE FROM event_pending RETURNING entry, {COLUMNS})
-            INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM moved ORDER BY entry"""  # noqa: S608
+            INSERT INTO events ({COLUMNS}) SELECT {COLUMNS} FROM moved ORDER BY entry
+            ON CONFLICT (id) DO NOTHING"""  # noqa: S608
     )
     op.execute(
         "UPDATE event_publications AS p SET event_seq = e.seq FROM events AS e WHERE e.id = p.event_id"
