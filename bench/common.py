@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -160,3 +162,31 @@ def table(title: str, results: dict[str, dict]) -> None:
     print(f"  {'setup':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in results.items():
         print(f"  {name:<10}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+
+
+BENCH_EMAIL = "bench@example.com"
+BENCH_PASSWORD = "benchmark password 1"
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http:// URL
+        return json.loads(response.read())
+
+
+def access_token(users_url: str, database_url: str) -> str:
+    """A real access token: registered, verified (the link's token from the event log), logged in."""
+    account = {"email": BENCH_EMAIL, "password": BENCH_PASSWORD}
+    post(f"{users_url}/v1/auth/register", {**account, "name": "Bench"})
+
+    async def verification_token() -> str:
+        conn = await asyncpg.connect(database_url)
+        try:
+            payload = await conn.fetchval(
+                "SELECT payload FROM events WHERE type = 'user.email_verification_requested'")
+        finally:
+            await conn.close()
+        return json.loads(payload)["token"]
+
+    post(f"{users_url}/v1/auth/verify-email", {"token": asyncio.run(verification_token()), "password": BENCH_PASSWORD})
+    return post(f"{users_url}/v1/auth/login", account)["access_token"]

@@ -27,7 +27,6 @@ The last line printed is one JSON object: gateway_rps, nginx_rps, direct_rps, ra
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import socket
 import subprocess
@@ -40,8 +39,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers.polling import eventually  # noqa: E402
 from tests.helpers.processes import issuer_env  # noqa: E402
@@ -51,6 +48,7 @@ from bench.common import (  # noqa: E402
     REDIS_URL,
     Load,
     Services,
+    access_token,
     database,
     ensure_debian_packages,
     free_port,
@@ -99,7 +97,6 @@ PROXY_CONF = NGINX_HEAD + """
 BODY = '{"id":"00000000-0000-4000-8000-000000000000","email":"bench@example.com","name":"Bench"}'
 PATH = "/api/v1/users/me"  # an authenticated route of the default table (group "default")
 UNLIMITED = {g: {"requests": 10**9, "window_seconds": 60} for g in ("auth", "anonymous", "webhooks", "default")}
-PASSWORD = "benchmark password 1"
 
 
 @contextmanager
@@ -156,29 +153,6 @@ def check(url: str, token: str) -> None:
     request = urllib.request.Request(url, headers=bearer(token))
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http:// URL
         assert response.status == 200 and json.loads(response.read())["email"] == "bench@example.com"
-
-
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http:// URL
-        return json.loads(response.read())
-
-
-def access_token(users_url: str, database_url: str) -> str:
-    email = "bench@example.com"
-    post(f"{users_url}/v1/auth/register", {"email": email, "password": PASSWORD, "name": "Bench"})
-
-    async def verification_token() -> str:
-        conn = await asyncpg.connect(database_url)
-        try:
-            payload = await conn.fetchval(
-                "SELECT payload FROM events WHERE type = 'user.email_verification_requested'")
-        finally:
-            await conn.close()
-        return json.loads(payload)["token"]
-
-    post(f"{users_url}/v1/auth/verify-email", {"token": asyncio.run(verification_token()), "password": PASSWORD})
-    return post(f"{users_url}/v1/auth/login", {"email": email, "password": PASSWORD})["access_token"]
 
 
 def end_to_end(state: Path, load: Load) -> dict[str, dict]:

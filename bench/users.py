@@ -28,7 +28,6 @@ me_p99_ms, baseline_p99_ms.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -55,6 +54,7 @@ from bench.common import (  # noqa: E402
     ROOT,
     Load,
     Services,
+    access_token,
     database,
     ensure_debian_packages,
     free_port,
@@ -67,8 +67,6 @@ from bench.common import (  # noqa: E402
 # A database number of its own: the other benchmarks use BENCH_REDIS_URL's (13).
 REDIS_URL = os.environ.get("BENCH_USERS_REDIS_URL", "redis://127.0.0.1:6379/12")
 PATH = "/v1/users/me"
-EMAIL = "bench@example.com"
-PASSWORD = "benchmark password 1"
 # The row UserOut renders (users/api.py), read as the service reads it: by primary key.
 USER_ROW = "SELECT id, email, name, role, email_verified_at, created_at FROM users WHERE id = $1"
 
@@ -131,33 +129,10 @@ def serve_baseline(port: int, ops_port: int, database_url: str, jwks_url: str) -
 # --- the run ------------------------------------------------------------------------------------
 
 
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http:// URL
-        return json.loads(response.read())
-
-
 def get(url: str, token: str) -> tuple[int, dict]:
     request = urllib.request.Request(url, headers=bearer(token))
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http:// URL
         return response.status, json.loads(response.read())
-
-
-def access_token(users_url: str, database_url: str) -> str:
-    """A real access token: registered, verified (the link's token from the event log), logged in."""
-    post(f"{users_url}/v1/auth/register", {"email": EMAIL, "password": PASSWORD, "name": "Bench"})
-
-    async def verification_token() -> str:
-        conn = await asyncpg.connect(database_url)
-        try:
-            payload = await conn.fetchval(
-                "SELECT payload FROM events WHERE type = 'user.email_verification_requested'")
-        finally:
-            await conn.close()
-        return json.loads(payload)["token"]
-
-    post(f"{users_url}/v1/auth/verify-email", {"token": asyncio.run(verification_token()), "password": PASSWORD})
-    return post(f"{users_url}/v1/auth/login", {"email": EMAIL, "password": PASSWORD})["access_token"]
 
 
 def run(load: Load, state: Path) -> dict[str, dict]:

@@ -90,19 +90,27 @@ LISTEN_RETRY_CAP_SECONDS = 2.0
 RETRY_CAP_SECONDS = 5.0
 log = structlog.get_logger("prognetwork.events")
 
+
+def _event_columns() -> list[Column[Any]]:
+    """What an event is, in the log and while pending (a Column belongs to one table: new each time)."""
+    return [
+        Column("type", String(200), nullable=False),
+        Column("tenant_id", Uuid, nullable=True),
+        Column("user_id", Uuid, nullable=True),
+        # Private events (one-time tokens, internal commands) are for internal consumers only.
+        Column("private", Boolean, nullable=False, server_default="false"),
+        Column("payload", JSONB, nullable=False),
+        Column("trace_context", String(200), nullable=True),
+        Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
+
+
 events = Table(
     "events",
     Base.metadata,
     Column("seq", BigInteger, Identity(always=True), primary_key=True),
     Column("id", Uuid, nullable=False, unique=True),
-    Column("type", String(200), nullable=False),
-    Column("tenant_id", Uuid, nullable=True),
-    Column("user_id", Uuid, nullable=True),
-    # Private events (one-time tokens, internal commands) are for internal consumers only.
-    Column("private", Boolean, nullable=False, server_default="false"),
-    Column("payload", JSONB, nullable=False),
-    Column("trace_context", String(200), nullable=True),
-    Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    *_event_columns(),
     Index("ix_events_type_seq", "type", "seq"),
     Index("ix_events_user_id_seq", "user_id", "seq"),
     Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
@@ -116,13 +124,7 @@ event_pending = Table(
     Base.metadata,
     Column("entry", BigInteger, Identity(always=True), primary_key=True),
     Column("id", Uuid, nullable=False),
-    Column("type", String(200), nullable=False),
-    Column("tenant_id", Uuid, nullable=True),
-    Column("user_id", Uuid, nullable=True),
-    Column("private", Boolean, nullable=False, server_default="false"),
-    Column("payload", JSONB, nullable=False),
-    Column("trace_context", String(200), nullable=True),
-    Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    *_event_columns(),
 )
 
 consumer_cursors = Table(
