@@ -42,7 +42,8 @@ OWNERS = {
 NO_DATA_HERE = {
     "emails_failed_total": "the development outbox never fails a delivery",
     "event_consumer_failures_total": "needs a consumer batch to fail (PostgreSQL lost mid-batch)",
-    "backup_last_success_timestamp_seconds": "needs a component that does not exist yet: the backup job",
+    "backup_last_success_timestamp_seconds": "pushed by `prog backup` to a Pushgateway, which this platform run "
+                                             "has none of; tests/e2e/test_backup_alerts.py scrapes it for real",
     "stream_": "the streaming service's own metrics; tests/integration/test_streaming.py checks their export",
     "billing_": "billing's own metrics; tests/deploy/test_monitoring_billing.py checks them over billing-shaped series",
     'service="billing-service"': "billing runs against a Stripe fake in its own tests, not in this platform",
