@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from prognetwork.gateway.proxy import SECURITY_HEADERS, _relay, _upstream_headers, compile_routes, match
 from prognetwork.gateway.ratelimit import Decision
@@ -23,7 +22,9 @@ def scope(**extra) -> dict:
 
 def forwarded(headers: list[tuple[bytes, bytes]], claims: dict | None = None, client_ip: str = "203.0.113.7",
               **scope_extra) -> list[tuple[str, str]]:
-    return _upstream_headers(headers, scope(**scope_extra), client_ip, claims)
+    out = _upstream_headers(headers, scope(**scope_extra), client_ip, claims)
+    assert all(isinstance(name, bytes) and isinstance(value, bytes) for name, value in out)
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in out]
 
 
 def names(headers: list[tuple[str, str]]) -> list[str]:
@@ -59,8 +60,8 @@ def test_identity_headers_a_client_sends_are_dropped_and_the_gateway_sets_them_f
                (b"x-prog-tenant-id", b"other-tenant"), (b"x-prog-anything-new", b"1")]
     out = forwarded(spoofed, CLAIMS)
     identity = [(name, value) for name, value in out if name.lower().startswith("x-prog-")]
-    assert identity == [("X-Prog-User-Id", CLAIMS["sub"]), ("X-Prog-User-Role", "admin"),
-                        ("X-Prog-Session-Id", "session-1"), ("X-Prog-Tenant-Id", CLAIMS["tid"])]
+    assert identity == [("x-prog-user-id", CLAIMS["sub"]), ("x-prog-user-role", "admin"),
+                        ("x-prog-session-id", "session-1"), ("x-prog-tenant-id", CLAIMS["tid"])]
 
 
 def test_a_public_route_forwards_no_identity_at_all():
@@ -109,12 +110,11 @@ def test_a_request_without_trace_context_starts_a_new_trace():
 
 
 class UpstreamAnswer:
-    """The parts of aiohttp's ClientResponse that a buffered relay reads: status, raw headers, body."""
+    """The parts of gateway.upstream.Response that a buffered relay reads: status, head, body."""
 
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status = status
-        self.raw_headers = tuple((name.encode(), value.encode()) for name, value in headers)
-        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self.headers = [(name.encode(), value.encode()) for name, value in headers]
         self.content_length = len(body)
         self._body = body
 
@@ -185,7 +185,15 @@ async def test_rate_limit_headers_report_the_window_unless_the_limiter_was_down(
 def test_the_gateway_lets_go_of_idle_upstream_connections_before_the_upstream_does():
     """A pooled connection the upstream closes as a request goes out is a 502 or a retry;
     closing idle ones first leaves only a replica's shutdown to race with (kit/server.py)."""
-    from prognetwork.gateway.proxy import KEEPALIVE_SECONDS
+    from prognetwork.gateway.upstream import KEEPALIVE_SECONDS
     from prognetwork.kit.server import KEEP_ALIVE_SECONDS
 
     assert KEEPALIVE_SECONDS < KEEP_ALIVE_SECONDS
+
+
+def test_a_claim_that_would_end_its_header_is_refused_not_forwarded():
+    from prognetwork.kit.problems import Problem
+
+    with pytest.raises(Problem) as refused:
+        forwarded([], {**CLAIMS, "role": "admin\r\nx-prog-user-role: owner"})
+    assert refused.value.status == 401

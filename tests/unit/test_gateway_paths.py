@@ -7,7 +7,14 @@ import random
 import pytest
 from yarl import URL
 
-from prognetwork.gateway.proxy import CompiledRoute, compile_routes, match, normalise_path, upstream_url
+from prognetwork.gateway.proxy import (
+    CompiledRoute,
+    compile_routes,
+    match,
+    normalise_path,
+    upstream_target,
+    upstream_url,
+)
 from prognetwork.gateway.settings import GatewaySettings, Route
 from prognetwork.kit.problems import Problem
 
@@ -30,7 +37,12 @@ def resolve(routes: list[CompiledRoute], raw: bytes, query: bytes = b"") -> tupl
     """What the gateway does with a request line's path: route it (None: no route) or raise a Problem."""
     path = normalise_path(raw)
     route = match(routes, path)
-    return None if route is None else (route, upstream_url(route, path, query))
+    if route is None:
+        return None
+    url = upstream_url(route, path, query)
+    # What goes on the request line is exactly that URL's path and query.
+    assert upstream_target(route, path, query) == url.raw_path_qs.encode("latin-1")
+    return route, url
 
 
 def assert_confined(route: CompiledRoute, url: URL) -> None:

@@ -8,6 +8,7 @@ service documents.
 from prognetwork.kit.problems import ProblemType
 
 INVALID_PATH = ProblemType(400, "invalid-path", "The request path is ambiguous")
+INVALID_QUERY = ProblemType(400, "invalid-query", "The query string cannot be passed on")
 RATE_LIMITED = ProblemType(429, "rate-limited", "Too many requests")
 UPSTREAM_UNAVAILABLE = ProblemType(502, "upstream-unavailable", "The upstream service is unavailable")
 RATE_LIMITER_UNAVAILABLE = ProblemType(503, "rate-limiter-unavailable", "Rate limiting is unavailable")

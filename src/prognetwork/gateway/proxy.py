@@ -1,6 +1,6 @@
 """The gateway's hot path: match a route, authenticate, rate-limit, forward, relay.
 
-A plain ASGI callable over one pooled aiohttp session. Everything that can be computed
+A plain ASGI callable over one pooled upstream client (gateway.upstream). Everything that can be computed
 once (routes, timeouts, header sets, security headers, metric children) is computed at
 start-up; a request allocates little beyond the header lists it must build.
 
@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import unicodedata
-from contextvars import ContextVar
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,17 @@ from prometheus_client import Counter, Histogram
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from prognetwork.gateway.problems import INVALID_PATH, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE
+from prognetwork.gateway.problems import INVALID_PATH, INVALID_QUERY, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE
 from prognetwork.gateway.ratelimit import Decision, RateLimiter, refusal
 from prognetwork.gateway.settings import GatewaySettings
+from prognetwork.gateway.upstream import (
+    ConnectFailed,
+    Disconnected,
+    Origin,
+    Response,
+    UpstreamClient,
+    UpstreamError,
+)
 from prognetwork.kit import tokens, tracing
 from prognetwork.kit.app import on_disconnect
 from prognetwork.kit.auth import bearer_token, invalid_token
@@ -85,6 +94,7 @@ REBUILT = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"x-request-id",
+        b"expect",  # a 100-continue was the server's business with the client; the body is here
     }
 )
 DROP_REQUEST = HOP_BY_HOP | REBUILT
@@ -120,12 +130,8 @@ UPSTREAM_RETRIES = Counter(
     "Requests sent again on a fresh connection after the first got no answer (safe_to_send_again).",
     ("upstream",),
 )
-# Idle pooled connections are closed after this, before the upstream's own keep-alive timeout
-# (kit.server.KEEP_ALIVE_SECONDS) would close them under a request just being sent.
-KEEPALIVE_SECONDS = 15
-# [True] once the request took a pooled connection (`_PoolConnector`); a list, so that a copy of
-# the context (asyncio.wait_for runs the request in a task of its own) still writes to it.
-POOLED: ContextVar[list[bool]] = ContextVar("gateway_pooled_connection")
+# What may not appear unencoded in a query string sent on: it would end or break the request line.
+_UNSAFE_QUERY = re.compile(rb"[\x00-\x20\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +141,16 @@ class CompiledRoute:
     prefix_slash: str
     upstream: str
     # The upstream URL in parts, parsed once: a request can change none of them.
-    scheme: str
-    host: str  # as it goes in a URL: IDNA-encoded, IPv6 in brackets
-    port: int | None  # None: the scheme's default
+    origin: Origin  # scheme, host (IDNA-encoded, IPv6 in brackets) and port
     base_path: str  # '' or '/…' without a trailing '/'
     strip: int  # characters of the normalised path dropped before it is appended to base_path
     upstream_prefix: str  # every path forwarded for this route is this or lies under it
     public: bool
     limit: str
     stream: bool
-    timeout: aiohttp.ClientTimeout
-    first_byte_seconds: float  # streams have no read timeout, but their headers must come in time
+    connect_timeout: float
+    read_timeout: float | None  # streams have none: an event may be minutes away
+    first_byte_seconds: float  # ...but their headers must come in time
     latency: Any  # the pre-bound histogram child
 
     def matches(self, path: str) -> bool:
@@ -169,28 +174,22 @@ def compile_routes(settings: GatewaySettings) -> list[CompiledRoute]:
             if strip_prefix and (prefix == strip_prefix or prefix.startswith(strip_prefix + "/"))
             else 0
         )
-        scheme, host, port, base_path = upstreams[route.upstream]
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.upstream_connect_timeout_seconds,
-            sock_read=None if route.stream else settings.upstream_timeout_seconds,
-        )
+        origin, base_path = upstreams[route.upstream]
         compiled.append(
             CompiledRoute(
                 path=prefix if "." in prefix.rsplit("/", 1)[-1] else prefix.rstrip("/") + "/*",
                 prefix=prefix,
                 prefix_slash=prefix.rstrip("/") + "/",
                 upstream=route.upstream,
-                scheme=scheme,
-                host=host,
-                port=port,
+                origin=origin,
                 base_path=base_path,
                 strip=strip,
                 upstream_prefix=base_path + prefix[strip:] or "/",
                 public=route.public,
                 limit=route.limit,
                 stream=route.stream,
-                timeout=timeout,
+                connect_timeout=settings.upstream_connect_timeout_seconds,
+                read_timeout=None if route.stream else settings.upstream_timeout_seconds,
                 first_byte_seconds=settings.upstream_timeout_seconds,
                 latency=UPSTREAM_LATENCY.labels(route.upstream),
             )
@@ -198,7 +197,7 @@ def compile_routes(settings: GatewaySettings) -> list[CompiledRoute]:
     return compiled
 
 
-def _upstream_parts(name: str, url: str) -> tuple[str, str, int | None, str]:
+def _upstream_parts(name: str, url: str) -> tuple[Origin, str]:
     parsed = URL(url)
     if (
         parsed.scheme not in ("http", "https")
@@ -214,7 +213,8 @@ def _upstream_parts(name: str, url: str) -> tuple[str, str, int | None, str]:
     base_path = parsed.raw_path.rstrip("/")
     if base_path:
         _require_canonical(base_path, f"the path of upstream {name!r}")
-    return parsed.scheme, parsed.host_subcomponent or parsed.raw_host, parsed.explicit_port, base_path
+    host = parsed.host_subcomponent or parsed.raw_host
+    return Origin(parsed.scheme, host, parsed.port or (443 if parsed.scheme == "https" else 80)), base_path
 
 
 def _require_canonical(path: str, what: str) -> None:
@@ -268,14 +268,28 @@ def upstream_url(route: CompiledRoute, path: str, query: bytes) -> URL:
     and has no dot or empty segment (normalise_path), so base_path + remainder stays under
     route.upstream_prefix. The query is passed on as sent: it only ever follows the '?'.
     """
+    origin = route.origin
     return URL.build(
-        scheme=route.scheme,
-        host=route.host,
-        port=route.port,
+        scheme=origin.scheme,
+        host=origin.host,
+        port=origin.port,
         path=route.base_path + path[route.strip :] or "/",
         query_string=query.decode("latin-1"),
         encoded=True,
     )
+
+
+def upstream_target(route: CompiledRoute, path: str, query: bytes) -> bytes:
+    """The request target sent to the route's origin: upstream_url's path and query, as bytes.
+
+    The path is normalise_path's (only pchar and valid encodings); a query holding a byte that
+    would end the request line (space, control characters) is refused with 400."""
+    target = (route.base_path + path[route.strip :] or "/").encode("ascii")
+    if not query:
+        return target
+    if _UNSAFE_QUERY.search(query) is not None:
+        raise INVALID_QUERY("The query string contains a space or a control character; percent-encode it.")
+    return target + b"?" + query
 
 
 def _unexpected_detail(byte: int) -> str:
@@ -365,54 +379,20 @@ def match(routes: list[CompiledRoute], path: str) -> CompiledRoute | None:
     return None
 
 
-class _PoolConnector(aiohttp.TCPConnector):
-    """Notes in POOLED when a request goes out on a connection from the pool."""
-
-    async def _get(self, *args: Any, **kwargs: Any) -> Any:
-        connection = await super()._get(*args, **kwargs)
-        if connection is not None:
-            pooled = POOLED.get(None)
-            if pooled is not None:
-                pooled[0] = True
-        return connection
-
-
-def upstream_session() -> aiohttp.ClientSession:
-    """The pooled client every upstream call goes through (close it when the gateway stops)."""
-    connector = _PoolConnector(
-        limit=512, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=30, enable_cleanup_closed=True
-    )
-    return _session(connector)
-
-
-def retry_session() -> aiohttp.ClientSession:
-    """A client that opens a new connection for every request: for the one retry (`_send`)."""
-    return _session(aiohttp.TCPConnector(force_close=True, ttl_dns_cache=30))
-
-
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-    )
-
-
 def safe_to_send_again(exc: BaseException, pooled: bool, method: str, idempotency_key: bool) -> bool:
     """Whether a request that got no answer may be sent once more.
 
     - The connection could not be opened: nothing was sent, whatever the method.
     - A pooled keep-alive connection broke before any answer: usually the upstream had closed
       it (a replica shutting down) and never read the request, but an upstream that died while
-      handling it looks the same. So only a request that is safe to repeat: an idempotent method
-      (aiohttp already retried those once on a pooled connection), or one carrying an
+      handling it looks the same. So only a request that is safe to repeat: an idempotent method,
+      or one carrying an
       Idempotency-Key, which the upstream deduplicates. Services close their connections
       themselves while they drain (`Connection: close`, kit.server), which keeps this rare.
     """
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return True
-    if not pooled or not isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if not pooled or not isinstance(exc, Disconnected):
         return False
     return method in IDEMPOTENT_METHODS or idempotency_key
 
@@ -421,11 +401,11 @@ def safe_to_send_again(exc: BaseException, pooled: bool, method: str, idempotenc
 class Proxy:
     """Forwards a request on a matched route: authenticate, rate-limit, forward, relay."""
 
-    session: aiohttp.ClientSession
+    upstreams: UpstreamClient
     limiter: RateLimiter
     revocations: Revocations
     jwks: Jwks
-    retries: aiohttp.ClientSession  # retry_session(): a fresh connection for the one retry
+    session: aiohttp.ClientSession  # for the token issuer's key set only (kit.jwks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: CompiledRoute = scope["route"]
@@ -458,9 +438,8 @@ class Proxy:
         if body is None:
             return  # the client left before sending its request
         outgoing = _upstream_headers(headers, scope, client_ip, claims)
-        query = scope["query_string"]
         # The path the gateway matched (normalise_path), never the server's decoded one.
-        target = upstream_url(route, scope["prog.path"], query)
+        target = upstream_target(route, scope["prog.path"], scope["query_string"])
 
         started = time.perf_counter()
         try:
@@ -468,9 +447,11 @@ class Proxy:
         except TimeoutError:
             UPSTREAM_RESPONSES.labels(route.upstream, "504").inc()
             raise UPSTREAM_TIMEOUT(f"The {route.upstream} service did not answer in time.") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             UPSTREAM_RESPONSES.labels(route.upstream, "502").inc()
-            log.warning("upstream unreachable", upstream=route.upstream, error=type(exc).__name__)
+            log.warning(
+                "upstream unreachable", upstream=route.upstream, error=type(exc).__name__, reason=str(exc)
+            )
             raise UPSTREAM_UNAVAILABLE(f"The {route.upstream} service is unavailable.") from None
         route.latency.observe(time.perf_counter() - started)
         UPSTREAM_RESPONSES.labels(route.upstream, str(upstream.status)).inc()
@@ -480,35 +461,46 @@ class Proxy:
             upstream.release()
 
     async def _send(
-        self, route: CompiledRoute, method: str, target: URL, headers: list[tuple[str, str]], body: bytes
-    ) -> aiohttp.ClientResponse:
+        self,
+        route: CompiledRoute,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> Response:
         """The upstream's response; sent once more, on a new connection, when the first attempt
-        got no answer and sending it again is safe (`safe_to_send_again`). The body is read whole."""
-        pooled = [False]
-        POOLED.set(pooled)
+        got no answer and sending it again is safe (`safe_to_send_again`)."""
         try:
-            return await self._request(self.session, route, method, target, headers, body)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            keyed = any(name.lower() == "idempotency-key" for name, _ in headers)
-            if not safe_to_send_again(exc, pooled[0], method, keyed):
+            return await self._request(route, method, target, headers, body, fresh=False)
+        except (ConnectFailed, Disconnected) as exc:
+            keyed = any(name.lower() == b"idempotency-key" for name, _ in headers)
+            if not safe_to_send_again(exc, isinstance(exc, Disconnected) and exc.pooled, method, keyed):
                 raise
             UPSTREAM_RETRIES.labels(route.upstream).inc()
             log.info("retrying on a fresh connection", upstream=route.upstream, error=type(exc).__name__)
-        return await self._request(self.retries, route, method, target, headers, body)
+        return await self._request(route, method, target, headers, body, fresh=True)
 
-    @staticmethod
-    async def _request(
-        session: aiohttp.ClientSession,
+    def _request(
+        self,
         route: CompiledRoute,
         method: str,
-        target: URL,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
-    ) -> aiohttp.ClientResponse:
-        pending = session.request(
-            method, target, headers=headers, data=body or None, timeout=route.timeout, allow_redirects=False
+        *,
+        fresh: bool,
+    ) -> Awaitable[Response]:
+        return self.upstreams.request(
+            route.origin,
+            method,
+            target,
+            headers,
+            body,
+            connect_timeout=route.connect_timeout,
+            read_timeout=route.read_timeout,
+            head_timeout=route.first_byte_seconds if route.stream else None,
+            fresh=fresh,
         )
-        return await (asyncio.wait_for(pending, route.first_byte_seconds) if route.stream else pending)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> dict[str, Any]:
         value = next((v for k, v in headers if k == b"authorization"), None)
@@ -547,36 +539,47 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 def _upstream_headers(
     headers: list[tuple[bytes, bytes]], scope: Scope, client_ip: str, claims: dict[str, Any] | None
-) -> list[tuple[str, str]]:
-    outgoing: list[tuple[str, str]] = []
+) -> list[tuple[bytes, bytes]]:
+    outgoing: list[tuple[bytes, bytes]] = []
     host = traceparent = None
-    for name, value in headers:
+    for header in headers:
+        name = header[0]
         if name in DROP_REQUEST or name.startswith(IDENTITY_PREFIX):
             if name == b"host":
-                host = value.decode("latin-1")
+                host = header[1]
             continue
         if name in TRACE_HEADERS:
             if tracing.enabled():
-                continue  # the client instrumentation injects this request's own span context
-            traceparent = value
-        outgoing.append((name.decode("latin-1"), value.decode("latin-1")))
+                continue  # the upstream client's span injects this request's own context
+            traceparent = header[1]
+        outgoing.append(header)  # names as the server gave them: lower case
     # The client address as the server determined it (X-Forwarded-For is honoured only from
     # FORWARDED_ALLOW_IPS), never a chain a client could have written itself.
-    outgoing.append(("X-Forwarded-For", client_ip))
-    outgoing.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+    outgoing.append((b"x-forwarded-for", client_ip.encode("latin-1")))
+    outgoing.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
     if host:
-        outgoing.append(("X-Forwarded-Host", host))
-    outgoing.append(("X-Request-ID", scope.get("prog.request_id", "")))
+        outgoing.append((b"x-forwarded-host", host))
+    outgoing.append((b"x-request-id", scope.get("prog.request_id", "").encode("latin-1")))
     if traceparent is None and not tracing.enabled():
         # Start a W3C trace here, so every upstream log line can be joined to this request.
-        outgoing.append(("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"))
+        outgoing.append(
+            (b"traceparent", b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode()))
+        )
     if claims is not None:
-        outgoing.append(("X-Prog-User-Id", claims["sub"]))
-        outgoing.append(("X-Prog-User-Role", str(claims.get("role", "user"))))
-        outgoing.append(("X-Prog-Session-Id", str(claims.get("sid", ""))))
+        outgoing.append((b"x-prog-user-id", _claim(claims["sub"])))
+        outgoing.append((b"x-prog-user-role", _claim(claims.get("role", "user"))))
+        outgoing.append((b"x-prog-session-id", _claim(claims.get("sid", ""))))
         if claims.get("tid"):
-            outgoing.append(("X-Prog-Tenant-Id", str(claims["tid"])))
+            outgoing.append((b"x-prog-tenant-id", _claim(claims["tid"])))
     return outgoing
+
+
+def _claim(value: Any) -> bytes:
+    """A verified token's claim as a header value; one that could end the header is refused."""
+    encoded = str(value).encode()
+    if b"\r" in encoded or b"\n" in encoded or b"\0" in encoded:
+        raise invalid_token("The token carries a claim that cannot be passed on.")
+    return encoded
 
 
 def _rate_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -590,20 +593,25 @@ def _rate_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
 
 
 async def _relay(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     route: CompiledRoute,
     decision: Decision,
     scope: Scope,
     receive: Receive,
     send: Send,
 ) -> None:
-    response_headers = [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in DROP_RESPONSE]
+    response_headers = []
+    event_stream = False
+    for name, value in upstream.headers:
+        name = name.lower()
+        if name in DROP_RESPONSE:
+            continue
+        if name == b"content-type":
+            event_stream = value.startswith(b"text/event-stream")
+        response_headers.append((name, value))
     response_headers += SECURITY_HEADERS
     response_headers += _rate_headers(decision)
-    content_type = upstream.headers.get("Content-Type", "")
-    streaming = (
-        route.stream or content_type.startswith("text/event-stream") or upstream.content_length is None
-    )
+    streaming = route.stream or event_stream or upstream.content_length is None
     if not streaming or scope["method"] == "HEAD":
         body = await upstream.read()
         response_headers.append((b"content-length", str(len(body)).encode()))
@@ -614,10 +622,10 @@ async def _relay(
     # Unbuffered relay; a client that goes away closes the upstream stream too.
     watcher = asyncio.create_task(on_disconnect(receive, upstream.close))
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-    except (aiohttp.ClientError, OSError):
+    except (UpstreamError, OSError):
         if not watcher.done():
             raise
     finally:

@@ -6,9 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from prognetwork.gateway.proxy import Proxy, retry_session, upstream_session
+import aiohttp
+
+from prognetwork.gateway.proxy import Proxy
 from prognetwork.gateway.ratelimit import RateLimiter
 from prognetwork.gateway.settings import GatewaySettings
+from prognetwork.gateway.upstream import UpstreamClient
 from prognetwork.kit.app import Connections
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.revocation import Revocations
@@ -23,7 +26,12 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: GatewaySettings, connections: Connections) -> AsyncIterator[Runtime]:
     redis = connections.redis
-    async with upstream_session() as session, retry_session() as retries:
-        jwks = Jwks(settings.jwks_url, settings.jwt_issuer, settings.jwt_audience)
-        limiter = RateLimiter(redis, settings.gateway_rate_limits)
-        yield Runtime(settings, Proxy(session, limiter, Revocations(redis), jwks, retries))
+    upstreams = UpstreamClient()
+    try:
+        # The key set is fetched rarely, with aiohttp (kit.jwks); requests go through `upstreams`.
+        async with aiohttp.ClientSession() as session:
+            jwks = Jwks(settings.jwks_url, settings.jwt_issuer, settings.jwt_audience)
+            limiter = RateLimiter(redis, settings.gateway_rate_limits)
+            yield Runtime(settings, Proxy(upstreams, limiter, Revocations(redis), jwks, session))
+    finally:
+        await upstreams.close()

@@ -78,7 +78,7 @@ access_log = structlog.get_logger("prognetwork.access")
 REFUSED_LINGER_SECONDS = 5.0
 STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 # How long an idle client connection stays open. Clients that pool connections to us (the
-# gateway: gateway/proxy.py KEEPALIVE_SECONDS) close theirs sooner, so they never reuse one
+# gateway: gateway/upstream.py KEEPALIVE_SECONDS) close theirs sooner, so they never reuse one
 # this side is closing.
 KEEP_ALIVE_SECONDS = 30
 YOUNG_GC_THRESHOLD = 20_000  # allocations between collections of the young generation (Python: 700)
