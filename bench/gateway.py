@@ -14,6 +14,10 @@ generator never takes CPU from the proxy it measures and each setup gets the sam
 the setups are measured in interleaved rounds (direct, nginx, gateway, direct, ...), each
 figure the median of its rounds, so a burst of someone else's load lands on every setup alike.
 
+A fourth row, "bare proxy" (bench/bare_proxy.py), is uvicorn with the gateway's upstream client
+and none of its work: it splits the gateway's cost into the Python server and client (bare ÷
+nginx) and the gateway's own work (gateway ÷ bare).
+
 Section 2 (`--end-to-end`, off by default): the old comparison, both proxies in front of a real
 user service answering GET /api/v1/users/me; that service saturates first, so its ratio says
 little about either proxy.
@@ -46,6 +50,7 @@ from tests.helpers.tokens import bearer, mint  # noqa: E402
 
 from bench.common import (  # noqa: E402
     REDIS_URL,
+    ROOT,
     Load,
     Services,
     access_token,
@@ -137,11 +142,17 @@ def fast_upstream(state: Path, load: Load) -> dict[str, dict]:
             try:
                 with pinned(load.server_cpus):
                     gateway_url = services.start("api-gateway", free_port(), **issuer_env(upstream_url))
+                    bare_port = free_port()
+                    bare = subprocess.Popen(  # noqa: S603 - our own module
+                        [sys.executable, "-m", "bench.bare_proxy", str(bare_port), str(upstream_port)], cwd=ROOT)
+                    services.processes.append(bare)
+                eventually(lambda: listening(bare_port), what="the bare proxy")
                 # Valid for the whole run; its session is never signed out.
                 token = mint(pem, uuid.uuid4(), lifetime=3600, sid=uuid.uuid4().hex)
                 check(f"{gateway_url}{PATH}", token)
                 targets = {"direct": f"{upstream_url}{PATH.removeprefix('/api')}",
                            "nginx": f"http://127.0.0.1:{proxy_port}{PATH}",
+                           "bare proxy": f"http://127.0.0.1:{bare_port}{PATH}",
                            "gateway": f"{gateway_url}{PATH}"}
                 return measure(targets, load, bearer(token))
             finally:
@@ -201,6 +212,8 @@ def main() -> None:
     table(f"1. fast upstream (nginx, static JSON) — GET {PATH}, the gateway doing its full work per request", fast)
     ratio = fast["gateway"]["rps"] / fast["nginx"]["rps"]
     print(f"  gateway / nginx throughput: {ratio:.3f}; nginx / direct: {fast['nginx']['rps'] / fast['direct']['rps']:.3f}")
+    print(f"  bare proxy / nginx: {fast['bare proxy']['rps'] / fast['nginx']['rps']:.3f} (the server and client alone); "
+          f"gateway / bare proxy: {fast['gateway']['rps'] / fast['bare proxy']['rps']:.3f} (what the gateway's work leaves)")
     if args.end_to_end:
         slow = end_to_end(Path(tempfile.mkdtemp(prefix="prog-bench-gw-e2e-")), load)
         table(f"2. end to end — GET {PATH} answered by one user-service process (the bottleneck)", slow)

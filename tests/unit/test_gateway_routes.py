@@ -54,11 +54,11 @@ def test_the_stream_route_precedes_the_events_prefix_and_alone_has_no_read_timeo
     routes = table(UPSTREAM_TIMEOUT_SECONDS="7")
     stream, streams, events = (match(routes, path) for path in
                                ("/api/v1/events/stream", "/api/v1/events/streams", "/api/v1/events/42"))
-    assert (stream.prefix, stream.stream, stream.read_timeout) == ("/api/v1/events/stream", True, None)
+    assert (stream.prefix, stream.stream, stream.timeouts.read) == ("/api/v1/events/stream", True, None)
     # Its headers must still come in time, even though its body may last for hours.
-    assert stream.first_byte_seconds == 7.0
+    assert stream.timeouts.head == 7.0
     assert streams is events
-    assert (events.prefix, events.stream, events.read_timeout) == ("/api/v1/events", False, 7.0)
+    assert (events.prefix, events.stream, events.timeouts.read) == ("/api/v1/events", False, 7.0)
 
 
 @pytest.mark.parametrize(("path", "prefix"), [

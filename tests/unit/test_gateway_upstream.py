@@ -16,6 +16,7 @@ from prognetwork.gateway.upstream import (
     ConnectFailed,
     Disconnected,
     Origin,
+    Timeouts,
     UpstreamClient,
 )
 from tests.helpers.polling import eventually_async
@@ -118,8 +119,7 @@ async def client(**kwargs) -> AsyncIterator[UpstreamClient]:
 async def get(upstreams: UpstreamClient, origin: Origin, *, method: str = "GET", body: bytes = b"",
               read_timeout: float | None = 5.0, head_timeout: float | None = None, fresh: bool = False):
     response = await upstreams.request(origin, method, b"/v1/thing?x=1", [(b"accept", b"*/*")], body,
-                                       connect_timeout=2.0, read_timeout=read_timeout,
-                                       head_timeout=head_timeout, fresh=fresh)
+                                       Timeouts(2.0, read_timeout, head_timeout), fresh=fresh)
     try:
         return response.status, await response.read()
     finally:
@@ -222,8 +222,7 @@ async def test_a_stream_must_start_in_time_and_may_then_take_as_long_as_it_needs
         await reader.read()
 
     async with scripted(slow_stream) as upstream, client() as upstreams:
-        response = await upstreams.request(origin_of(upstream), "GET", b"/stream", [], b"", connect_timeout=2.0,
-                                           head_timeout=0.3)
+        response = await upstreams.request(origin_of(upstream), "GET", b"/stream", [], b"", Timeouts(2.0, head=0.3))
         try:
             assert [chunk async for chunk in response.chunks()] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
         finally:
@@ -298,8 +297,7 @@ async def test_a_large_stream_is_relayed_whole_while_the_socket_is_paused_and_re
     size = 4 * 1024 * 1024
     big = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size
     async with scripted(answering(big)) as upstream, client() as upstreams:
-        response = await upstreams.request(origin_of(upstream), "GET", b"/", [], b"", connect_timeout=2.0,
-                                           read_timeout=5.0)
+        response = await upstreams.request(origin_of(upstream), "GET", b"/", [], b"", Timeouts(2.0, read=5.0))
         await eventually_async(_true_when(lambda: response._connection.paused), what="the socket to pause")
         received = 0
         async for chunk in response.chunks():

@@ -39,11 +39,9 @@ canonical and upstream URLs are http(s)://host[:port][/path] with nothing else.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 import unicodedata
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +59,12 @@ from prognetwork.gateway.upstream import (
     Disconnected,
     Origin,
     Response,
+    Timeouts,
     UpstreamClient,
     UpstreamError,
 )
 from prognetwork.kit import tokens, tracing
-from prognetwork.kit.app import on_disconnect
+from prognetwork.kit.app import new_request_id, on_disconnect
 from prognetwork.kit.auth import bearer_token, invalid_token
 from prognetwork.kit.jwks import Jwks
 from prognetwork.kit.problems import Problem, problem_response
@@ -148,10 +147,16 @@ class CompiledRoute:
     public: bool
     limit: str
     stream: bool
-    connect_timeout: float
-    read_timeout: float | None  # streams have none: an event may be minutes away
-    first_byte_seconds: float  # ...but their headers must come in time
+    # Streams have no read timeout (an event may be minutes away), but their head must come in time.
+    timeouts: Timeouts
     latency: Any  # the pre-bound histogram child
+    responses: dict[int, Any]  # UPSTREAM_RESPONSES children by status, bound on first use
+
+    def count_response(self, status: int) -> None:
+        child = self.responses.get(status)
+        if child is None:
+            child = self.responses[status] = UPSTREAM_RESPONSES.labels(self.upstream, str(status))
+        child.inc()
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix_slash)
@@ -188,10 +193,13 @@ def compile_routes(settings: GatewaySettings) -> list[CompiledRoute]:
                 public=route.public,
                 limit=route.limit,
                 stream=route.stream,
-                connect_timeout=settings.upstream_connect_timeout_seconds,
-                read_timeout=None if route.stream else settings.upstream_timeout_seconds,
-                first_byte_seconds=settings.upstream_timeout_seconds,
+                timeouts=Timeouts(
+                    connect=settings.upstream_connect_timeout_seconds,
+                    read=None if route.stream else settings.upstream_timeout_seconds,
+                    head=settings.upstream_timeout_seconds if route.stream else None,
+                ),
                 latency=UPSTREAM_LATENCY.labels(route.upstream),
+                responses={},
             )
         )
     return compiled
@@ -445,16 +453,16 @@ class Proxy:
         try:
             upstream = await self._send(route, method, target, outgoing, body)
         except TimeoutError:
-            UPSTREAM_RESPONSES.labels(route.upstream, "504").inc()
+            route.count_response(504)
             raise UPSTREAM_TIMEOUT(f"The {route.upstream} service did not answer in time.") from None
         except (UpstreamError, OSError) as exc:
-            UPSTREAM_RESPONSES.labels(route.upstream, "502").inc()
+            route.count_response(502)
             log.warning(
                 "upstream unreachable", upstream=route.upstream, error=type(exc).__name__, reason=str(exc)
             )
             raise UPSTREAM_UNAVAILABLE(f"The {route.upstream} service is unavailable.") from None
         route.latency.observe(time.perf_counter() - started)
-        UPSTREAM_RESPONSES.labels(route.upstream, str(upstream.status)).inc()
+        route.count_response(upstream.status)
         try:
             await _relay(upstream, route, decision, scope, receive, send)
         finally:
@@ -470,37 +478,16 @@ class Proxy:
     ) -> Response:
         """The upstream's response; sent once more, on a new connection, when the first attempt
         got no answer and sending it again is safe (`safe_to_send_again`)."""
+        request = self.upstreams.request
         try:
-            return await self._request(route, method, target, headers, body, fresh=False)
+            return await request(route.origin, method, target, headers, body, route.timeouts)
         except (ConnectFailed, Disconnected) as exc:
             keyed = any(name.lower() == b"idempotency-key" for name, _ in headers)
             if not safe_to_send_again(exc, isinstance(exc, Disconnected) and exc.pooled, method, keyed):
                 raise
             UPSTREAM_RETRIES.labels(route.upstream).inc()
             log.info("retrying on a fresh connection", upstream=route.upstream, error=type(exc).__name__)
-        return await self._request(route, method, target, headers, body, fresh=True)
-
-    def _request(
-        self,
-        route: CompiledRoute,
-        method: str,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        *,
-        fresh: bool,
-    ) -> Awaitable[Response]:
-        return self.upstreams.request(
-            route.origin,
-            method,
-            target,
-            headers,
-            body,
-            connect_timeout=route.connect_timeout,
-            read_timeout=route.read_timeout,
-            head_timeout=route.first_byte_seconds if route.stream else None,
-            fresh=fresh,
-        )
+        return await request(route.origin, method, target, headers, body, route.timeouts, fresh=True)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> dict[str, Any]:
         value = next((v for k, v in headers if k == b"authorization"), None)
@@ -562,9 +549,8 @@ def _upstream_headers(
     outgoing.append((b"x-request-id", scope.get("prog.request_id", "").encode("latin-1")))
     if traceparent is None and not tracing.enabled():
         # Start a W3C trace here, so every upstream log line can be joined to this request.
-        outgoing.append(
-            (b"traceparent", b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode()))
-        )
+        # Random ids from the request-id pool: no system call per request.
+        outgoing.append((b"traceparent", f"00-{new_request_id()}-{new_request_id()[:16]}-01".encode()))
     if claims is not None:
         outgoing.append((b"x-prog-user-id", _claim(claims["sub"])))
         outgoing.append((b"x-prog-user-role", _claim(claims.get("role", "user"))))

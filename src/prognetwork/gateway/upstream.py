@@ -20,9 +20,9 @@ What it does, and the rules it keeps:
   `ConnectFailed` (nothing was sent), `Disconnected` (the connection closed before any answer;
   `pooled` says whether it was a reused one), `TimeoutError` (connect or read timeout),
   `BadResponse` (the upstream answered something that is not HTTP).
-- Timeouts: the connection must open within `connect_timeout`; then, with `read_timeout`, no
-  more than that may pass without a byte from the upstream (headers or body); with
-  `head_timeout` instead (streams), the head must come in time and the body may take forever.
+- Timeouts (`Timeouts`, one per route): the connection must open within `connect`; then, with
+  `read`, no more than that may pass without a byte from the upstream (head or body); with
+  `head` instead (streams), the head must come in time and the body may take forever.
 - Bodies: `read()` buffers a whole body; `chunks()` relays it as it comes, pausing the socket
   while more than STREAM_BUFFER_BYTES wait to be read. Chunked transfer coding is undone by the
   parser; a body without a length ends when the upstream closes.
@@ -88,6 +88,15 @@ class Origin:
     @property
     def address(self) -> str:
         return self.host[1:-1] if self.host.startswith("[") else self.host
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a request may wait, fixed per route (proxy.compile_routes)."""
+
+    connect: float  # for a new connection to open
+    read: float | None = None  # at most this long without a byte from the upstream
+    head: float | None = None  # instead of `read` (streams): for the head; the body takes its time
 
 
 class Response:
@@ -369,10 +378,8 @@ class UpstreamClient:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
+        timeouts: Timeouts,
         *,
-        connect_timeout: float,
-        read_timeout: float | None = None,
-        head_timeout: float | None = None,
         fresh: bool = False,
     ) -> Response:
         """Send one request; the response's head, its body still to be read. `target` is the
@@ -380,9 +387,8 @@ class UpstreamClient:
         Content-Length or hop-by-hop fields. `fresh` opens a new connection instead of reusing one.
         The caller must release() or close() the response."""
         if not tracing.enabled():
-            return await self._request(
-                origin, method, target, headers, body, connect_timeout, read_timeout, head_timeout, fresh
-            )
+            request = self._serialise(origin, method, target, headers, body)
+            return await self._exchange(origin, request, method == "HEAD", timeouts, fresh)
         attributes: dict[str, str | int] = {
             "http.request.method": method,
             "server.address": origin.address,
@@ -395,32 +401,23 @@ class UpstreamClient:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             traced = headers + [(name.encode(), value.encode()) for name, value in carrier.items()]
-            response = await self._request(
-                origin, method, target, traced, body, connect_timeout, read_timeout, head_timeout, fresh
-            )
+            request = self._serialise(origin, method, target, traced, body)
+            response = await self._exchange(origin, request, method == "HEAD", timeouts, fresh)
             span.set_attribute("http.response.status_code", response.status)
             return response
 
-    async def _request(
-        self,
-        origin: Origin,
-        method: str,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        connect_timeout: float,
-        read_timeout: float | None,
-        head_timeout: float | None,
-        fresh: bool,
+    async def _exchange(
+        self, origin: Origin, request: bytes, head_only: bool, timeouts: Timeouts, fresh: bool
     ) -> Response:
-        request = self._serialise(origin, method, target, headers, body)
         await self.slots.acquire()
+        connection = None
         try:
-            connection = None if fresh else self._take(origin)
+            if not fresh:
+                connection = self._take(origin)
             if connection is None:
-                connection = await self._connect(origin, connect_timeout)
-            connection.head_only = method == "HEAD"
-            head = connection.send(request, read_timeout or 0.0, head_timeout)
+                connection = await self._connect(origin, timeouts.connect)
+            connection.head_only = head_only
+            head = connection.send(request, timeouts.read or 0.0, timeouts.head)
             try:
                 return await head
             except asyncio.CancelledError:

@@ -332,7 +332,7 @@ def _request_id(scope: Scope) -> str:
             if REQUEST_ID.match(candidate):
                 return candidate
             break
-    return _new_request_id()
+    return new_request_id()
 
 
 class _RequestIds:
@@ -353,7 +353,7 @@ class _RequestIds:
         return self._digits[at : at + 32]
 
 
-_new_request_id = _RequestIds()
+new_request_id = _RequestIds()  # also the gateway's source of trace and span ids
 
 
 def _body_framing(scope: Scope) -> tuple[int | None, bool]:
