@@ -10,6 +10,7 @@ import pytest
 from prognetwork.gateway.proxy import SECURITY_HEADERS, _relay, _upstream_headers, compile_routes, match
 from prognetwork.gateway.ratelimit import Decision
 from prognetwork.gateway.settings import GatewaySettings
+from prognetwork.gateway.upstream import BadResponse
 
 TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
 CLAIMS = {"sub": "5b0c8a52-0d7e-4a43-9a57-3c6f0d3b8e01", "role": "admin", "sid": "session-1",
@@ -197,3 +198,26 @@ def test_a_claim_that_would_end_its_header_is_refused_not_forwarded():
     with pytest.raises(Problem) as refused:
         forwarded([], {**CLAIMS, "role": "admin\r\nx-prog-user-role: owner"})
     assert refused.value.status == 401
+
+
+class BrokenAnswer(UpstreamAnswer):
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(200, [("Content-Length", "10")], b"")
+        self.failure = failure
+
+    async def read(self) -> bytes:
+        raise self.failure
+
+
+@pytest.mark.parametrize(("failure", "status"), [(TimeoutError(), 504), (BadResponse("cut short"), 502)])
+async def test_a_body_that_never_arrives_whole_is_a_504_or_502_not_a_500(failure, status):
+    from prognetwork.kit.problems import Problem
+
+    route = match(compile_routes(GatewaySettings(PROG_ENV="development")), "/api/v1/users/me")
+
+    async def nothing(*_):
+        raise AssertionError("nothing is sent before the body is whole")
+
+    with pytest.raises(Problem) as answered:
+        await _relay(BrokenAnswer(failure), route, ALLOWED, scope(), nothing, nothing)
+    assert answered.value.status == status

@@ -298,12 +298,63 @@ async def test_a_large_stream_is_relayed_whole_while_the_socket_is_paused_and_re
     big = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size
     async with scripted(answering(big)) as upstream, client() as upstreams:
         response = await upstreams.request(origin_of(upstream), "GET", b"/", [], b"", Timeouts(2.0, read=5.0))
+        chunks = response.chunks()
+        received = len(await anext(chunks))  # a reader that then falls behind
         await eventually_async(_true_when(lambda: response._connection.paused), what="the socket to pause")
-        received = 0
-        async for chunk in response.chunks():
+        async for chunk in chunks:
             received += len(chunk)
         response.release()
         assert received == size and upstreams.idle_count(origin_of(upstream)) == 1
+
+
+async def test_a_large_buffered_body_is_read_whole_and_its_connection_pooled_still_reading():
+    size = 1024 * 1024
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"y" * size
+    async with scripted(answering(big)) as upstream, client() as upstreams:
+        origin = origin_of(upstream)
+        status, body = await get(upstreams, origin, read_timeout=1.0)
+        assert (status, len(body)) == (200, size)
+        assert upstreams.idle_count(origin) == 1
+        assert await get(upstreams, origin, read_timeout=1.0) == (200, b"{}")  # the same connection reads on
+        assert upstream.connections == 1
+
+
+async def test_a_slow_reader_of_a_stream_does_not_count_as_upstream_silence():
+    size = 1024 * 1024
+    chunked = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+               + b"".join(b"%x\r\n%s\r\n" % (16384, b"z" * 16384) for _ in range(size // 16384)) + b"0\r\n\r\n")
+    async with scripted(answering(chunked)) as upstream, client() as upstreams:
+        response = await upstreams.request(origin_of(upstream), "GET", b"/", [], b"", Timeouts(2.0, read=0.3))
+        received = 0
+        async for chunk in response.chunks():
+            received += len(chunk)
+            await asyncio.sleep(0.05)  # the reader is the slow side: longer in all than the read timeout
+        response.release()
+        assert received == size
+
+
+async def test_an_unasked_protocol_switch_is_a_bad_response():
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    async with scripted(answering(switch)) as upstream, client() as upstreams:
+        with pytest.raises(BadResponse):
+            await get(upstreams, origin_of(upstream))
+
+
+async def test_waiting_for_a_free_slot_counts_against_the_timeout():
+    release = asyncio.Event()
+
+    async def held(state, reader, writer):
+        await read_request(reader)
+        await release.wait()
+        writer.write(OK)
+
+    async with scripted(held) as upstream, client(limit=1) as upstreams:
+        first = asyncio.create_task(get(upstreams, origin_of(upstream), read_timeout=5.0))
+        await eventually_async(_true_when(lambda: upstream.connections == 1), what="the first request in flight")
+        with pytest.raises(TimeoutError):
+            await get(upstreams, origin_of(upstream), read_timeout=0.2)
+        release.set()
+        assert await first == (200, b"{}")
 
 
 def _true_when(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:

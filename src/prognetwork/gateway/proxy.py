@@ -599,7 +599,15 @@ async def _relay(
     response_headers += _rate_headers(decision)
     streaming = route.stream or event_stream or upstream.content_length is None
     if not streaming or scope["method"] == "HEAD":
-        body = await upstream.read()
+        try:
+            body = await upstream.read()
+        except TimeoutError:
+            raise UPSTREAM_TIMEOUT(
+                f"The {route.upstream} service did not finish its answer in time."
+            ) from None
+        except UpstreamError as exc:
+            log.warning("upstream answer broken off", upstream=route.upstream, reason=str(exc))
+            raise UPSTREAM_UNAVAILABLE(f"The {route.upstream} service's answer was cut short.") from None
         response_headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": upstream.status, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})

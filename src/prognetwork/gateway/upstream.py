@@ -24,8 +24,8 @@ What it does, and the rules it keeps:
   `read`, no more than that may pass without a byte from the upstream (head or body); with
   `head` instead (streams), the head must come in time and the body may take forever.
 - Bodies: `read()` buffers a whole body; `chunks()` relays it as it comes, pausing the socket
-  while more than STREAM_BUFFER_BYTES wait to be read. Chunked transfer coding is undone by the
-  parser; a body without a length ends when the upstream closes.
+  (and the read timeout with it) while more than STREAM_BUFFER_BYTES wait to be read. Chunked
+  transfer coding is undone by the parser; a body without a length ends when the upstream closes.
 - Tracing: when it is on, each request is a client span and carries its `traceparent`.
 """
 
@@ -153,6 +153,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.head_only = False
         self.informational = False
+        self.streaming = False  # a chunks() reader drains the body: the socket may be paused for it
         self.paused = False
         self.timeout = 0.0
         self.last_read = 0.0
@@ -172,6 +173,10 @@ class _Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols: never asked for (the client's Upgrade is dropped).
+            self._fail(BadResponse(f"the {self.origin.host} upstream switched protocols unasked"))
+            self.abort()
         except httptools.HttpParserError as exc:
             if self.complete:
                 self.reusable = False  # a whole answer, then more than was asked for: not reused
@@ -240,9 +245,8 @@ class _Connection(asyncio.Protocol):
             return
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > STREAM_BUFFER_BYTES and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.streaming and self.buffered > STREAM_BUFFER_BYTES and not self.paused:
+            self._pause()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -279,19 +283,38 @@ class _Connection(asyncio.Protocol):
         return body
 
     async def stream_body(self) -> AsyncIterator[bytes]:
+        self.streaming = True
         while True:
             while self.body:
                 chunk = self.body.popleft()
                 self.buffered -= len(chunk)
-                if self.paused and self.buffered <= STREAM_BUFFER_BYTES // 2 and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
+                if self.paused and self.buffered <= STREAM_BUFFER_BYTES // 2:
+                    self._resume()
                 yield chunk
             if self.complete:
                 if self.failure is not None:
                     raise self.failure
                 return
+            if self.buffered > STREAM_BUFFER_BYTES and not self.paused:
+                self._pause()  # what came before the reader did
             await self._wait_body()
+
+    def _pause(self) -> None:
+        # The reader is behind: stop reading, and stop the read timer with it (the silence is ours).
+        if self.transport is None or self.closed:
+            return
+        self.paused = True
+        self.transport.pause_reading()
+        self._stop_timer()
+
+    def _resume(self) -> None:
+        self.paused = False
+        if self.transport is None or self.closed:
+            return
+        self.transport.resume_reading()
+        if self.timeout and not self.complete:
+            self.last_read = self.loop.time()
+            self.timer = self.loop.call_later(self.timeout, self._check_read_timeout)
 
     async def _wait_body(self) -> None:
         self.body_waiter = self.loop.create_future()
@@ -344,7 +367,7 @@ class _Connection(asyncio.Protocol):
             return
         self.released = True
         self.client.slots.release()
-        if self.complete and self.reusable and self.failure is None and not self.closed:
+        if self.complete and self.reusable and self.failure is None and not self.closed and not self.paused:
             self._reset()
             self.released = True  # _reset clears it; the slot is already given back
             self.reused = True
@@ -409,7 +432,12 @@ class UpstreamClient:
     async def _exchange(
         self, origin: Origin, request: bytes, head_only: bool, timeouts: Timeouts, fresh: bool
     ) -> Response:
-        await self.slots.acquire()
+        if self.slots.locked():
+            # Every slot is taken: the wait for one counts against the route's timeout as well.
+            async with asyncio.timeout(timeouts.head or timeouts.read):
+                await self.slots.acquire()
+        else:
+            await self.slots.acquire()
         connection = None
         try:
             if not fresh:
