@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from prognetwork.gateway.proxy import SECURITY_HEADERS, _relay, _upstream_headers, compile_routes, match
+from prognetwork.gateway.proxy import (
+    SECURITY_HEADERS,
+    _relay,
+    _upstream_headers,
+    compile_routes,
+    identity_headers,
+    match,
+)
 from prognetwork.gateway.ratelimit import Decision
 from prognetwork.gateway.settings import GatewaySettings
 from prognetwork.gateway.upstream import BadResponse
@@ -23,7 +30,8 @@ def scope(**extra) -> dict:
 
 def forwarded(headers: list[tuple[bytes, bytes]], claims: dict | None = None, client_ip: str = "203.0.113.7",
               **scope_extra) -> list[tuple[str, str]]:
-    out = _upstream_headers(headers, scope(**scope_extra), client_ip, claims)
+    identity = identity_headers(claims) if claims is not None else ()
+    out = _upstream_headers(headers, scope(**scope_extra), client_ip, identity)
     assert all(isinstance(name, bytes) and isinstance(value, bytes) for name, value in out)
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in out]
 

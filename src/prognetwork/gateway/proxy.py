@@ -42,8 +42,8 @@ import asyncio
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
@@ -129,6 +129,14 @@ UPSTREAM_RETRIES = Counter(
     "Requests sent again on a fresh connection after the first got no answer (safe_to_send_again).",
     ("upstream",),
 )
+MAX_IDENTITIES = 10_000  # tokens whose identity headers are kept; all forgotten at once beyond it
+
+
+class Identity(NamedTuple):
+    subject: str  # the rate limit's subject
+    headers: tuple[tuple[bytes, bytes], ...]  # x-prog-* for the upstream
+
+
 # What may not appear unencoded in a query string sent on: it would end or break the request line.
 _UNSAFE_QUERY = re.compile(rb"[\x00-\x20\x7f]")
 
@@ -414,6 +422,7 @@ class Proxy:
     revocations: Revocations
     jwks: Jwks
     session: aiohttp.ClientSession  # for the token issuer's key set only (kit.jwks)
+    identities: dict[str, Identity] = field(default_factory=dict)  # by token, verified ones only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: CompiledRoute = scope["route"]
@@ -433,11 +442,11 @@ class Proxy:
     async def _forward(self, route: CompiledRoute, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        claims = None if route.public else await self._authenticate(headers, method)
+        identity = None if route.public else await self._authenticate(headers, method)
         client = scope.get("client")
         client_ip = client[0] if client else "unknown"
         decision = await self.limiter.check(
-            route.limit, f"u:{claims['sub']}" if claims else f"a:{client_ip}", method
+            route.limit, identity.subject if identity else f"a:{client_ip}", method
         )
         if not decision.allowed:
             raise refusal(decision)
@@ -445,7 +454,7 @@ class Proxy:
         body = await _read_body(receive)
         if body is None:
             return  # the client left before sending its request
-        outgoing = _upstream_headers(headers, scope, client_ip, claims)
+        outgoing = _upstream_headers(headers, scope, client_ip, identity.headers if identity else ())
         # The path the gateway matched (normalise_path), never the server's decoded one.
         target = upstream_target(route, scope["prog.path"], scope["query_string"])
 
@@ -489,7 +498,7 @@ class Proxy:
             log.info("retrying on a fresh connection", upstream=route.upstream, error=type(exc).__name__)
         return await request(route.origin, method, target, headers, body, route.timeouts, fresh=True)
 
-    async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> dict[str, Any]:
+    async def _authenticate(self, headers: list[tuple[bytes, bytes]], method: str) -> Identity:
         value = next((v for k, v in headers if k == b"authorization"), None)
         try:
             token = bearer_token(value.decode("latin-1") if value is not None else None)
@@ -507,7 +516,13 @@ class Proxy:
             if problem.status == 401:
                 AUTH_FAILURES.labels("revoked").inc()
             raise
-        return claims
+        # A token's claims never change: what they say upstream is worked out once per token.
+        identity = self.identities.get(token)
+        if identity is None:
+            if len(self.identities) >= MAX_IDENTITIES:
+                self.identities.clear()
+            identity = self.identities[token] = Identity(f"u:{claims['sub']}", identity_headers(claims))
+        return identity
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -525,7 +540,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 def _upstream_headers(
-    headers: list[tuple[bytes, bytes]], scope: Scope, client_ip: str, claims: dict[str, Any] | None
+    headers: list[tuple[bytes, bytes]],
+    scope: Scope,
+    client_ip: str,
+    identity: tuple[tuple[bytes, bytes], ...],
 ) -> list[tuple[bytes, bytes]]:
     outgoing: list[tuple[bytes, bytes]] = []
     host = traceparent = None
@@ -551,13 +569,20 @@ def _upstream_headers(
         # Start a W3C trace here, so every upstream log line can be joined to this request.
         # Random ids from the request-id pool: no system call per request.
         outgoing.append((b"traceparent", f"00-{new_request_id()}-{new_request_id()[:16]}-01".encode()))
-    if claims is not None:
-        outgoing.append((b"x-prog-user-id", _claim(claims["sub"])))
-        outgoing.append((b"x-prog-user-role", _claim(claims.get("role", "user"))))
-        outgoing.append((b"x-prog-session-id", _claim(claims.get("sid", ""))))
-        if claims.get("tid"):
-            outgoing.append((b"x-prog-tenant-id", _claim(claims["tid"])))
+    outgoing += identity
     return outgoing
+
+
+def identity_headers(claims: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
+    """The identity headers a verified token's claims give the upstream (only the gateway sets them)."""
+    headers = [
+        (b"x-prog-user-id", _claim(claims["sub"])),
+        (b"x-prog-user-role", _claim(claims.get("role", "user"))),
+        (b"x-prog-session-id", _claim(claims.get("sid", ""))),
+    ]
+    if claims.get("tid"):
+        headers.append((b"x-prog-tenant-id", _claim(claims["tid"])))
+    return tuple(headers)
 
 
 def _claim(value: Any) -> bytes:
@@ -572,9 +597,9 @@ def _rate_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     if decision.degraded:
         return []
     return [
-        (b"ratelimit-limit", str(decision.limit).encode()),
-        (b"ratelimit-remaining", str(decision.remaining).encode()),
-        (b"ratelimit-reset", str(decision.reset_seconds).encode()),
+        (b"ratelimit-limit", b"%d" % decision.limit),
+        (b"ratelimit-remaining", b"%d" % decision.remaining),
+        (b"ratelimit-reset", b"%d" % decision.reset_seconds),
     ]
 
 
