@@ -197,7 +197,7 @@ async def test_the_read_timeout_counts_silence_not_the_whole_answer():
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
         for byte in b"12345":  # 5 x 0.1 s in all, never 0.3 s of silence
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the upstream's own pace, not a test wait
             writer.write(bytes([byte]))
         await read_request(reader)  # and the next request on this connection gets no answer
 
@@ -213,7 +213,7 @@ async def test_a_stream_must_start_in_time_and_may_then_take_as_long_as_it_needs
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         for n in range(3):
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the stream's own pace (longer than the head timeout), not a test wait
             writer.write(b"9\r\ndata: %d\n\n\r\n" % n)
         writer.write(b"0\r\n\r\n")
 
